@@ -1,0 +1,10 @@
+import type { Migration } from 'kysely';
+import * as m0001 from './0001_tasks';
+
+/**
+ * Every migration, in order. A static list (not a folder scan) so the same code runs from TypeScript
+ * sources under jest and from compiled JavaScript in the image. Landed migrations are never edited.
+ */
+export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
+  '0001_tasks': m0001,
+});

@@ -1,0 +1,43 @@
+import express, { type Express } from 'express';
+import type { Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import type { Database } from './db/schema';
+import { requireApiKey } from './http/auth';
+import { buildOpenApiDocument } from './http/openapi';
+import { opsRoutes } from './http/ops-routes';
+import { HttpProblem, problemHandler } from './http/problem';
+import { requestLogging } from './http/request-context';
+import type { Metrics } from './observability/metrics';
+import type { PartnerRegistry } from './partners/partner-registry';
+import { taskRoutes } from './tasks/task-routes';
+import type { TaskService } from './tasks/task-service';
+
+export interface AppDeps {
+  db: Kysely<Database>;
+  logger: Logger;
+  metrics: Metrics;
+  partners: PartnerRegistry;
+  tasks: TaskService;
+  apiKeys: readonly string[];
+  maxBodyBytes: number;
+  isDraining: () => boolean;
+  /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
+  partnerFacing?: express.Router[];
+  openApiExtraPaths?: Record<string, unknown>;
+}
+
+/** The express app only (no listen), so tests drive it in-process. */
+export function buildApp(deps: AppDeps): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('query parser', 'simple');
+  app.use(requestLogging(deps.logger));
+  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), deps.isDraining));
+  for (const router of deps.partnerFacing ?? []) app.use(router);
+  app.use('/v1', requireApiKey(deps.apiKeys));
+  app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
+  app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
+  app.use(problemHandler(deps.logger));
+  return app;
+}

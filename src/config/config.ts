@@ -1,0 +1,145 @@
+import { isIP } from 'node:net';
+import path from 'node:path';
+import cron from 'node-cron';
+import { z } from 'zod';
+import { loadPartnersFile, type PartnerConfig } from './partners';
+
+/** Named defaults, so a reader sees every time and size limit in one place. */
+export const DEFAULTS = Object.freeze({
+  host: '127.0.0.1',
+  port: 3000,
+  dataDir: './.data',
+  reconcileCron: '*/10 * * * * *',
+  callbackLookupTimeoutMs: 3000,
+  maxBodyBytes: 262_144,
+  logLevel: 'info',
+  dbPoolSize: 10,
+  dbConnectTimeoutMs: 5000,
+  /** In-flight dispatches per process; beyond it new tasks wait for the reconciler instead of piling up sockets. */
+  dispatchConcurrency: 128,
+  reconcileConcurrency: 32,
+  reconcileBatchSize: 200,
+  shutdownTimeoutMs: 10_000,
+  retentionDays: 30,
+});
+
+/** The example partners file shipped with the service: one partner served by the bundled simulator. */
+export const BUNDLED_PARTNERS_FILE = path.resolve(__dirname, '../../../config/partners.example.json');
+const BUNDLED_PARTNERS_FILE_FROM_SOURCE = path.resolve(__dirname, '../../config/partners.example.json');
+
+const intFromEnv = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+const envSchema = z.object({
+  DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL').optional(),
+  DATA_DIR: z.string().min(1).default(DEFAULTS.dataDir),
+  HOST: z.string().min(1).default(DEFAULTS.host),
+  PORT: intFromEnv(0, 65_535).default(DEFAULTS.port),
+  PUBLIC_BASE_URL: z.url({ protocol: /^https?$/ }).optional(),
+  PARTNERS_FILE: z.string().min(1).optional(),
+  API_KEYS: z.string().optional(),
+  RECONCILE_CRON: z
+    .string()
+    .default(DEFAULTS.reconcileCron)
+    .refine((expr) => cron.validate(expr), 'must be a valid node-cron expression'),
+  CALLBACK_LOOKUP_TIMEOUT_MS: intFromEnv(0, 60_000).default(DEFAULTS.callbackLookupTimeoutMs),
+  MAX_BODY_BYTES: intFromEnv(1024, 64 * 1024 * 1024).default(DEFAULTS.maxBodyBytes),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel),
+  DB_POOL_SIZE: intFromEnv(1, 500).default(DEFAULTS.dbPoolSize),
+  DB_CONNECT_TIMEOUT_MS: intFromEnv(100, 120_000).default(DEFAULTS.dbConnectTimeoutMs),
+  DISPATCH_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.dispatchConcurrency),
+  RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
+  RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
+  SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
+  RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
+});
+
+export interface Config {
+  /** Unset: start an embedded PostgreSQL under `dataDir`. */
+  readonly databaseUrl: string | undefined;
+  readonly dataDir: string;
+  readonly host: string;
+  readonly port: number;
+  /** Base of the callback URL handed to partners; derived from host and port when not set. */
+  readonly publicBaseUrl: string;
+  readonly partnersFile: string;
+  /** True when PARTNERS_FILE was not given: the bundled simulator is started beside the service. */
+  readonly usesBundledPartners: boolean;
+  readonly partners: readonly PartnerConfig[];
+  /** Empty means no authentication, which is allowed only on a loopback host. */
+  readonly apiKeys: readonly string[];
+  readonly reconcileCron: string;
+  readonly callbackLookupTimeoutMs: number;
+  readonly maxBodyBytes: number;
+  readonly logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
+  readonly dbPoolSize: number;
+  readonly dbConnectTimeoutMs: number;
+  readonly dispatchConcurrency: number;
+  readonly reconcileConcurrency: number;
+  readonly reconcileBatchSize: number;
+  readonly shutdownTimeoutMs: number;
+  readonly retentionDays: number;
+}
+
+/** Raised when the environment is invalid; the message names every bad variable. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1';
+}
+
+/**
+ * Builds the one frozen Config from an environment. The only place that reads environment variables
+ * (the partners file's `env:` references included); fails fast with a message naming the bad variable.
+ *
+ * @example const config = loadConfig(process.env);
+ */
+export function loadConfig(env: NodeJS.ProcessEnv): Config {
+  const blankAsUnset = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = envSchema.safeParse(blankAsUnset);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid environment:\n  ${lines.join('\n  ')}`);
+  }
+  const e = parsed.data;
+  const apiKeys = (e.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  if (apiKeys.length === 0 && !isLoopbackHost(e.HOST)) {
+    throw new ConfigError(`API_KEYS: required when HOST (${e.HOST}) is not a loopback address`);
+  }
+  if (apiKeys.some((k) => k.length < 16)) {
+    throw new ConfigError('API_KEYS: every key must be at least 16 characters');
+  }
+  const usesBundledPartners = e.PARTNERS_FILE === undefined;
+  const partnersFile = e.PARTNERS_FILE ?? bundledPartnersFile();
+  const urlHost = isIP(e.HOST) === 6 ? `[${e.HOST}]` : e.HOST === '0.0.0.0' ? '127.0.0.1' : e.HOST;
+  return Object.freeze({
+    databaseUrl: e.DATABASE_URL,
+    dataDir: path.resolve(e.DATA_DIR),
+    host: e.HOST,
+    port: e.PORT,
+    publicBaseUrl: (e.PUBLIC_BASE_URL ?? `http://${urlHost}:${e.PORT}`).replace(/\/+$/, ''),
+    partnersFile,
+    usesBundledPartners,
+    partners: loadPartnersFile(partnersFile, env),
+    apiKeys: Object.freeze(apiKeys),
+    reconcileCron: e.RECONCILE_CRON,
+    callbackLookupTimeoutMs: e.CALLBACK_LOOKUP_TIMEOUT_MS,
+    maxBodyBytes: e.MAX_BODY_BYTES,
+    logLevel: e.LOG_LEVEL,
+    dbPoolSize: e.DB_POOL_SIZE,
+    dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,
+    dispatchConcurrency: e.DISPATCH_CONCURRENCY,
+    reconcileConcurrency: e.RECONCILE_CONCURRENCY,
+    reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    retentionDays: e.RETENTION_DAYS,
+  });
+}
+
+/** The bundled file sits at the repository root; __dirname differs between `dist/src/config` and `src/config`. */
+function bundledPartnersFile(): string {
+  return __dirname.includes(`${path.sep}dist${path.sep}`) ? BUNDLED_PARTNERS_FILE : BUNDLED_PARTNERS_FILE_FROM_SOURCE;
+}

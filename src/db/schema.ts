@@ -1,0 +1,58 @@
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+
+/** Table types for Kysely; the migrations in /migrations are the source of truth for the layout. */
+
+type Timestamp = ColumnType<Date, Date | string, Date | string>;
+type Json = ColumnType<unknown, string, string>;
+type NullableTimestamp = ColumnType<Date | null, Date | string | null, Date | string | null>;
+type NullableJson = ColumnType<unknown, string | null, string | null>;
+
+export interface TasksTable {
+  id: string;
+  partner: string;
+  request_no: string;
+  kind: string | null;
+  status: string;
+  payload: Json;
+  result: NullableJson;
+  error: NullableJson;
+  notify_url: string | null;
+  metadata: NullableJson;
+  /** SHA-256 of the canonical create body, to tell an idempotent replay from a conflicting reuse of requestNo. */
+  body_hash: string;
+  dispatch_attempts: Generated<number>;
+  check_attempts: Generated<number>;
+  /** What the last dispatch attempt ended as when it left the task pending: `transient` or `ambiguous`. */
+  last_dispatch_outcome: string | null;
+  settled_by: string | null;
+  /** When the reconciler should look at the task next; null once final (or expired). */
+  next_check_at: NullableTimestamp;
+  /** Claim fence: the token of whoever may act on the task until `lease_expires_at`. */
+  lease_owner: string | null;
+  lease_expires_at: NullableTimestamp;
+  /** created_at + the partner's maxAgeSeconds: past it, an open task expires. */
+  expires_at: Timestamp;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+  dispatched_at: NullableTimestamp;
+  completed_at: NullableTimestamp;
+}
+
+export interface TaskEventsTable {
+  id: Generated<string>;
+  task_id: string;
+  at: Timestamp;
+  from_status: string | null;
+  to_status: string;
+  source: string;
+  detail: NullableJson;
+}
+
+export interface Database {
+  tasks: TasksTable;
+  task_events: TaskEventsTable;
+}
+
+export type TaskRow = Selectable<TasksTable>;
+export type NewTaskRow = Insertable<TasksTable>;
+export type TaskEventRow = Selectable<TaskEventsTable>;

@@ -1,0 +1,219 @@
+import type { Logger } from 'pino';
+import type { Clock } from '../clock';
+import type { TaskRow } from '../db/schema';
+import type { Metrics } from '../observability/metrics';
+import type { DispatchResult } from '../partners/partner-client';
+import type { PartnerRegistry } from '../partners/partner-registry';
+import type { PartnerConfig } from '../config/partners';
+import type { TaskRepository, TransitionResult, TransitionSpec } from '../tasks/task-repository';
+import type { TaskTransitions } from '../tasks/task-transitions';
+import {
+  AMBIGUOUS_RECHECK_MS,
+  capAtExpiry,
+  checkDelayMs,
+  RETRY_AFTER_CAP_MS,
+  transientRetryDelayMs,
+} from '../tasks/schedule';
+
+/** A queued dispatch is only sent while its claim still covers a whole attempt plus this margin. */
+const LEASE_SAFETY_MARGIN_MS = 1000;
+
+export interface DispatcherDeps {
+  partners: PartnerRegistry;
+  transitions: TaskTransitions;
+  repo: TaskRepository;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+  publicBaseUrl: string;
+  /** Dispatches in flight at once in this process. */
+  concurrency: number;
+}
+
+interface Job {
+  task: TaskRow;
+  leaseOwner: string;
+}
+
+/**
+ * Sends tasks to partners after they are committed and records what came of it. A task reaches the
+ * dispatcher already claimed (its lease is set in the insert), so no other replica touches it meanwhile;
+ * if this process dies, the lease runs out and the reconciler takes the task over.
+ */
+export class Dispatcher {
+  private readonly queue: Job[] = [];
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly maxQueued: number;
+  private accepting = true;
+
+  constructor(private readonly deps: DispatcherDeps) {
+    this.maxQueued = deps.concurrency * 20;
+  }
+
+  /** Callback URL handed to partners for tasks of `partner`. */
+  callbackUrl(partner: string): string {
+    return `${this.deps.publicBaseUrl}/v1/callbacks/${encodeURIComponent(partner)}`;
+  }
+
+  /**
+   * Schedules the first dispatch of a freshly committed task. Never blocks the caller: when this process
+   * is saturated or stopping, the claim is given up so the reconciler dispatches the task instead.
+   */
+  enqueue(task: TaskRow, leaseOwner: string): void {
+    if (!this.accepting || this.queue.length >= this.maxQueued) {
+      this.giveUp({ task, leaseOwner });
+      return;
+    }
+    this.queue.push({ task, leaseOwner });
+    // Let the create answer go out first; the dispatch starts right after.
+    setImmediate(() => this.pump());
+  }
+
+  /** Stops taking work, hands queued tasks back to the reconciler, and waits for dispatches in flight. */
+  async drain(): Promise<void> {
+    this.accepting = false;
+    for (const job of this.queue.splice(0)) this.giveUp(job);
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  get activeCount(): number {
+    return this.inFlight.size;
+  }
+
+  /**
+   * Sends one dispatch for a task whose lease `fence` the caller holds, and records the outcome with one
+   * conditional update fenced on that lease. Used for first dispatches and by the reconciler for re-sends.
+   */
+  async dispatchNow(task: TaskRow, fence: string): Promise<DispatchResult | undefined> {
+    const client = this.deps.partners.get(task.partner);
+    if (!client) {
+      this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task refers to a partner that is no longer configured');
+      return undefined;
+    }
+    const result = await client.dispatch({
+      requestNo: task.request_no,
+      kind: task.kind,
+      payload: task.payload,
+      callbackUrl: this.callbackUrl(task.partner),
+    });
+    const { metrics } = this.deps;
+    metrics.dispatchDuration.observe({ partner: task.partner, outcome: result.kind }, result.durationMs / 1000);
+    if (result.error) metrics.partnerErrors.inc({ partner: task.partner, operation: 'dispatch', class: result.error.class });
+    await this.record(client.config, task, fence, result);
+    return result;
+  }
+
+  private pump(): void {
+    while (this.inFlight.size < this.deps.concurrency && this.queue.length > 0) {
+      const job = this.queue.shift()!;
+      const run = this.runJob(job).finally(() => {
+        this.inFlight.delete(run);
+        this.pump();
+      });
+      this.inFlight.add(run);
+    }
+  }
+
+  private async runJob(job: Job): Promise<void> {
+    const { task, leaseOwner } = job;
+    const timeoutMs = this.deps.partners.get(task.partner)?.config.dispatch.timeoutMs ?? 0;
+    const leaseLeftMs = new Date(task.lease_expires_at ?? 0).getTime() - this.deps.clock.now().getTime();
+    if (leaseLeftMs < timeoutMs + LEASE_SAFETY_MARGIN_MS) {
+      // Waited too long in the queue: another replica may take the task over any moment.
+      this.giveUp(job);
+      return;
+    }
+    try {
+      await this.dispatchNow(task, leaseOwner);
+    } catch (err) {
+      // The outcome could not be recorded (database trouble). The lease runs out and the reconciler
+      // asks the partner before doing anything else, so nothing is lost or sent blindly twice.
+      this.deps.logger.error({ err, taskId: task.id }, 'dispatch outcome not recorded');
+    }
+  }
+
+  private giveUp(job: Job): void {
+    this.deps.repo.releaseLease(job.task.id, job.leaseOwner, this.deps.clock.now()).catch((err: unknown) => {
+      this.deps.logger.warn({ err, taskId: job.task.id }, 'could not release dispatch claim; it will lapse on its own');
+    });
+  }
+
+  private record(partner: PartnerConfig, task: TaskRow, fence: string, result: DispatchResult): Promise<TransitionResult> {
+    const now = this.deps.clock.now();
+    const expiresAt = new Date(task.expires_at);
+    const base = { taskId: task.id, source: 'dispatch' as const, now, fence, from: ['pending' as const] };
+    const detail = { type: 'dispatch', outcome: result.kind, ...(result.httpStatus ? { httpStatus: result.httpStatus } : {}) };
+    const apply = (spec: Omit<TransitionSpec, keyof typeof base>) => this.deps.transitions.apply(task.partner, { ...base, ...spec });
+    const attempts = task.dispatch_attempts + 1;
+
+    switch (result.kind) {
+      case 'received': {
+        const report = result.report;
+        if (report && report.status !== 'processing') {
+          return apply({
+            to: report.status,
+            reported: report.status,
+            detail,
+            changes: {
+              result: report.result ?? null,
+              error: report.error ?? null,
+              settledBy: 'dispatch',
+              nextCheckAt: null,
+              markDispatched: true,
+              incrementDispatchAttempts: true,
+              lastDispatchOutcome: null,
+            },
+          });
+        }
+        return apply({
+          to: 'dispatched',
+          detail,
+          changes: {
+            error: null,
+            nextCheckAt: capAtExpiry(new Date(now.getTime() + checkDelayMs(partner, 0)), expiresAt),
+            markDispatched: true,
+            incrementDispatchAttempts: true,
+            lastDispatchOutcome: null,
+          },
+        });
+      }
+      case 'refused':
+        return apply({
+          to: 'rejected',
+          detail,
+          changes: { error: result.error, nextCheckAt: null, incrementDispatchAttempts: true, lastDispatchOutcome: null },
+        });
+      case 'transient': {
+        if (attempts >= partner.dispatch.maxAttempts) {
+          return apply({
+            to: 'rejected',
+            detail: { ...detail, reason: 'dispatch attempts exhausted', attempts },
+            changes: { error: result.error, nextCheckAt: null, incrementDispatchAttempts: true, lastDispatchOutcome: null },
+          });
+        }
+        const delay = result.retryAfterMs !== undefined ? Math.min(result.retryAfterMs, RETRY_AFTER_CAP_MS) : transientRetryDelayMs(attempts);
+        return apply({
+          to: 'pending',
+          detail,
+          changes: {
+            error: result.error,
+            nextCheckAt: capAtExpiry(new Date(now.getTime() + delay), expiresAt),
+            incrementDispatchAttempts: true,
+            lastDispatchOutcome: 'transient',
+          },
+        });
+      }
+      case 'ambiguous':
+        return apply({
+          to: 'pending',
+          detail,
+          changes: {
+            error: result.error,
+            nextCheckAt: capAtExpiry(new Date(now.getTime() + AMBIGUOUS_RECHECK_MS), expiresAt),
+            incrementDispatchAttempts: true,
+            lastDispatchOutcome: 'ambiguous',
+          },
+        });
+    }
+  }
+}

@@ -1,0 +1,50 @@
+import { Router } from 'express';
+import { sql, type Kysely } from 'kysely';
+import type { Database } from '../db/schema';
+import { migrationsAreCurrent } from '../db/migrator';
+import type { Metrics } from '../observability/metrics';
+import { sendProblem } from './problem';
+
+/** Readiness looks at the database at most this often; probes from many places must not load it. */
+const READINESS_CACHE_MS = 1000;
+
+/** Health, readiness, metrics and the OpenAPI document: no key needed. */
+export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean): Router {
+  const router = Router();
+  let cached: { at: number; ready: boolean; detail: string } | undefined;
+
+  async function readiness(): Promise<{ ready: boolean; detail: string }> {
+    if (cached && Date.now() - cached.at < READINESS_CACHE_MS) return cached;
+    let result: { ready: boolean; detail: string };
+    try {
+      await sql`select 1`.execute(db);
+      result = (await migrationsAreCurrent(db)) ? { ready: true, detail: 'ok' } : { ready: false, detail: 'migrations are not current' };
+    } catch (err) {
+      result = { ready: false, detail: `database does not answer: ${(err as Error).message}` };
+    }
+    cached = { at: Date.now(), ...result };
+    return result;
+  }
+
+  router.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  router.get('/readyz', async (_req, res) => {
+    if (isDraining()) return sendProblem(res, 503, 'shutting down');
+    const { ready, detail } = await readiness();
+    if (!ready) return sendProblem(res, 503, detail);
+    res.json({ status: 'ready' });
+  });
+
+  router.get('/metrics', async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  let doc: Record<string, unknown> | undefined;
+  router.get('/openapi.json', (_req, res) => {
+    res.json((doc ??= openApi()));
+  });
+
+  return router;
+}

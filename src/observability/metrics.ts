@@ -1,0 +1,103 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const PREFIX = 'callback_reconciler_';
+
+/** Latency buckets from 1 ms to 30 s: partner calls and waits span that range. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/**
+ * Every metric of the service, on a registry of its own (so several app instances can live in one test
+ * process). Names are part of the contract in SERVICE.md; no label ever carries an id.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly tasksCreated = new Counter({
+    name: `${PREFIX}tasks_created_total`,
+    help: 'Tasks created (idempotent replays are not counted).',
+    labelNames: ['partner'] as const,
+    registers: [this.registry],
+  });
+
+  readonly taskTransitions = new Counter({
+    name: `${PREFIX}task_transitions_total`,
+    help: 'Changes of task status, by what caused them.',
+    labelNames: ['partner', 'from', 'to', 'source'] as const,
+    registers: [this.registry],
+  });
+
+  readonly dispatchDuration = new Histogram({
+    name: `${PREFIX}dispatch_duration_seconds`,
+    help: 'Time of one dispatch request to a partner, by outcome (received, refused, transient, ambiguous).',
+    labelNames: ['partner', 'outcome'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly partnerErrors = new Counter({
+    name: `${PREFIX}partner_errors_total`,
+    help: 'Failed partner calls by operation (dispatch, status) and class (connect, timeout, http_4xx, http_5xx, unknown).',
+    labelNames: ['partner', 'operation', 'class'] as const,
+    registers: [this.registry],
+  });
+
+  readonly callbacks = new Counter({
+    name: `${PREFIX}callbacks_total`,
+    help: 'Partner callbacks by outcome (applied, ignored, queued, duplicate, conflict, unauthorized, unreadable, poll).',
+    labelNames: ['partner', 'outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly callbackLookupWait = new Histogram({
+    name: `${PREFIX}callback_lookup_wait_seconds`,
+    help: 'How long a callback waited for its task to appear (the bounded re-lookup).',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly reconcilerChecks = new Counter({
+    name: `${PREFIX}reconciler_checks_total`,
+    help: 'Reconciler checks of open tasks, by outcome.',
+    labelNames: ['partner', 'outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly reconcilerSweepDuration = new Histogram({
+    name: `${PREFIX}reconciler_sweep_duration_seconds`,
+    help: 'Duration of one reconciler sweep.',
+    buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+
+  readonly tasksOpen = new Gauge({
+    name: `${PREFIX}tasks_open`,
+    help: 'Open tasks by partner and status (refreshed by one replica per tick).',
+    labelNames: ['partner', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly oldestOpenTaskAge = new Gauge({
+    name: `${PREFIX}oldest_open_task_age_seconds`,
+    help: 'Age of the oldest open task per partner.',
+    labelNames: ['partner'] as const,
+    registers: [this.registry],
+  });
+
+  readonly settlementConflicts = new Counter({
+    name: `${PREFIX}settlement_conflicts_total`,
+    help: 'Reports that contradicted a final status; recorded, never applied.',
+    labelNames: ['partner'] as const,
+    registers: [this.registry],
+  });
+
+  readonly breakerState = new Gauge({
+    name: `${PREFIX}partner_breaker_open`,
+    help: 'Circuit breaker per partner on this replica: 1 open or half-open, 0 closed.',
+    labelNames: ['partner'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+}

@@ -1,0 +1,129 @@
+import { randomBytes } from 'node:crypto';
+import type { Server } from 'node:http';
+import { hostname } from 'node:os';
+import type { Express } from 'express';
+import type { Logger } from 'pino';
+import { buildApp } from './app';
+import { systemClock, type Clock } from './clock';
+import type { Config } from './config/config';
+import { openDatabase, type DatabaseHandle } from './db/database';
+import { migrateToLatest } from './db/migrator';
+import { Dispatcher } from './dispatch/dispatcher';
+import { createLogger } from './observability/logger';
+import { Metrics } from './observability/metrics';
+import { PartnerRegistry } from './partners/partner-registry';
+import { TaskRepository } from './tasks/task-repository';
+import { TaskService } from './tasks/task-service';
+import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
+
+export interface RuntimeOptions {
+  config: Config;
+  /** Overrides config.databaseUrl (main passes the embedded database's URL). */
+  databaseUrl?: string;
+  clock?: Clock;
+  logger?: Logger;
+  /** Tests may leave the port to the OS with 0 (the default is config.port). */
+  port?: number;
+}
+
+/** Everything one running service holds; tests reach into it, main only starts and stops it. */
+export interface Runtime {
+  readonly config: Config;
+  readonly url: string;
+  readonly app: Express;
+  readonly server: Server;
+  readonly database: DatabaseHandle;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly instanceId: string;
+  readonly partners: PartnerRegistry;
+  readonly repo: TaskRepository;
+  readonly notifier: TaskNotifier;
+  readonly transitions: TaskTransitions;
+  readonly dispatcher: Dispatcher;
+  readonly tasks: TaskService;
+  /**
+   * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
+   * back dispatches, release claims, close the pool. Safe to call twice.
+   */
+  stop(): Promise<void>;
+}
+
+/** Composition root: builds every component from one Config, migrates, listens, starts background loops. */
+export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
+  const { config } = opts;
+  const clock = opts.clock ?? systemClock;
+  const logger = opts.logger ?? createLogger(config.logLevel);
+  const databaseUrl = opts.databaseUrl ?? config.databaseUrl;
+  if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
+  const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+
+  const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
+  try {
+    const applied = await migrateToLatest(database.db);
+    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+
+  const metrics = new Metrics({ defaultMetrics: true });
+  const partners = new PartnerRegistry(config.partners, clock);
+  const repo = new TaskRepository(database.db);
+  const notifier = new TaskNotifier();
+  const transitions = new TaskTransitions(repo, metrics, notifier, logger);
+  const dispatcher = new Dispatcher({
+    partners,
+    transitions,
+    repo,
+    metrics,
+    clock,
+    logger,
+    publicBaseUrl: config.publicBaseUrl,
+    concurrency: config.dispatchConcurrency,
+  });
+  const tasks = new TaskService({ repo, partners, dispatcher, notifier, metrics, clock, logger, instanceId });
+
+  let draining = false;
+  const app = buildApp({
+    db: database.db,
+    logger,
+    metrics,
+    partners,
+    tasks,
+    apiKeys: config.apiKeys,
+    maxBodyBytes: config.maxBodyBytes,
+    isDraining: () => draining,
+  });
+
+  const server = await listen(app, config.host, opts.port ?? config.port);
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  logger.info({ url, instanceId, partners: config.partners.map((p) => p.id) }, 'callback-reconciler listening');
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      draining = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+      await closed;
+      clearTimeout(forced);
+      await dispatcher.drain();
+      partners.close();
+      await database.close();
+      logger.info('stopped');
+    })());
+
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, stop };
+}
+
+function listen(app: Express, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(server)));
+    server.keepAliveTimeout = 65_000;
+  });
+}

@@ -1,0 +1,218 @@
+import { sql, type Kysely, type RawBuilder } from 'kysely';
+import type { Database, TaskEventRow, TaskRow } from '../db/schema';
+import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
+
+/** What a new task row carries; ids and times come from the service so a test clock governs them. */
+export interface NewTask {
+  id: string;
+  partner: string;
+  requestNo: string;
+  kind: string | null;
+  payload: unknown;
+  notifyUrl: string | null;
+  metadata: unknown;
+  bodyHash: string;
+  createdAt: Date;
+  expiresAt: Date;
+  /** The dispatcher's claim: nobody else acts on the task until `nextCheckAt`. */
+  leaseOwner: string;
+  nextCheckAt: Date;
+}
+
+export type InsertResult = { inserted: true; task: TaskRow } | { inserted: false; existing: TaskRow };
+
+/** Column changes that ride along with a status move (or a stay, for attempt bookkeeping). */
+export interface TaskChanges {
+  result?: unknown;
+  error?: unknown;
+  settledBy?: SettledBy;
+  /** `null` means "no further check" (final). Undefined leaves it as is. */
+  nextCheckAt?: Date | null;
+  markDispatched?: boolean;
+  incrementDispatchAttempts?: boolean;
+  incrementCheckAttempts?: boolean;
+  lastDispatchOutcome?: 'transient' | 'ambiguous' | null;
+  /** Keep the current lease; by default a move releases it, since whoever held it is done. */
+  keepLease?: boolean;
+}
+
+export interface TransitionSpec {
+  taskId: string;
+  to: TaskStatus;
+  /** Statuses the task may be in; defaults to the lifecycle's allowed sources of `to`. */
+  from?: readonly TaskStatus[];
+  source: EventSource;
+  now: Date;
+  changes?: TaskChanges;
+  /** Only the holder of this lease token may make the move (fencing against a taken-over claim). */
+  fence?: string;
+  /** The partner's report behind the move, when there is one: a contradicting one is recorded as a conflict. */
+  reported?: PartnerStatus;
+  detail?: Record<string, unknown>;
+}
+
+export type TransitionOutcome = 'applied' | 'ignored' | 'conflict' | 'not_found';
+
+export interface TransitionResult {
+  outcome: TransitionOutcome;
+  /** The status before the statement ran (the locked, current one). */
+  previousStatus?: TaskStatus;
+  /** The row after the move when applied. */
+  task?: TaskRow;
+}
+
+export interface ListFilter {
+  status?: TaskStatus;
+  partner?: string;
+  limit: number;
+  after?: { createdAt: Date; id: string };
+}
+
+const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined ? null : JSON.stringify(v)}::jsonb`;
+const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
+
+/**
+ * All SQL on tasks and their events. Every change of status is one statement: it locks the row,
+ * updates it only if its current status is an allowed source, and writes the event row, so there is
+ * never a read followed by a write.
+ */
+export class TaskRepository {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  /**
+   * Inserts a task with its creation event in one statement. A concurrent or earlier task with the same
+   * `(partner, requestNo)` makes the insert a no-op (the unique constraint decides, never a prior check)
+   * and the existing row is returned instead.
+   */
+  async insert(t: NewTask): Promise<InsertResult> {
+    const { rows } = await sql<TaskRow>`
+      with inserted as (
+        insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
+                           next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
+        values (${t.id}, ${t.partner}, ${t.requestNo}, ${t.kind}, 'pending', ${json(t.payload)}, ${t.notifyUrl},
+                ${json(t.metadata)}, ${t.bodyHash}, ${t.nextCheckAt}, ${t.leaseOwner}, ${t.nextCheckAt},
+                ${t.expiresAt}, ${t.createdAt}, ${t.createdAt})
+        on conflict (partner, request_no) do nothing
+        returning *
+      ), created_event as (
+        insert into task_events (task_id, at, from_status, to_status, source)
+        select id, created_at, null, 'pending', 'api' from inserted
+      )
+      select * from inserted`.execute(this.db);
+    if (rows[0]) return { inserted: true, task: rows[0] };
+    const existing = await this.findByRequestNo(t.partner, t.requestNo);
+    if (!existing) {
+      // The conflicting row was deleted between the two statements (retention); a retry inserts cleanly.
+      return this.insert(t);
+    }
+    return { inserted: false, existing };
+  }
+
+  async findById(id: string): Promise<TaskRow | undefined> {
+    return this.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async findByRequestNo(partner: string, requestNo: string): Promise<TaskRow | undefined> {
+    return this.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('partner', '=', partner)
+      .where('request_no', '=', requestNo)
+      .executeTakeFirst();
+  }
+
+  /** Newest first, keyset-paginated on `(created_at, id)`; fetches one extra row to know whether more follow. */
+  async list(filter: ListFilter): Promise<{ rows: TaskRow[]; hasMore: boolean }> {
+    let q = this.db.selectFrom('tasks').selectAll();
+    if (filter.status) q = q.where('status', '=', filter.status);
+    if (filter.partner) q = q.where('partner', '=', filter.partner);
+    if (filter.after) {
+      const { createdAt, id } = filter.after;
+      q = q.where(sql<boolean>`(created_at, id) < (${createdAt}, ${id}::uuid)`);
+    }
+    const rows = await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit + 1).execute();
+    return { rows: rows.slice(0, filter.limit), hasMore: rows.length > filter.limit };
+  }
+
+  async listEvents(taskId: string): Promise<TaskEventRow[]> {
+    return this.db.selectFrom('task_events').selectAll().where('task_id', '=', taskId).orderBy('id', 'asc').execute();
+  }
+
+  /**
+   * Moves a task in one statement: lock the row, update it if its status is an allowed source (and the
+   * fence matches), write the event; or, when the report contradicts a final status, write a conflict event.
+   */
+  async transition(spec: TransitionSpec): Promise<TransitionResult> {
+    const from = spec.from ?? allowedSources(spec.to);
+    const c = spec.changes ?? {};
+    const sets: RawBuilder<unknown>[] = [sql`status = ${spec.to}`, sql`updated_at = ${spec.now}`];
+    if ('result' in c) sets.push(sql`result = ${json(c.result)}`);
+    if ('error' in c) sets.push(sql`error = ${json(c.error)}`);
+    if (c.settledBy) sets.push(sql`settled_by = ${c.settledBy}`);
+    if (c.nextCheckAt !== undefined) sets.push(sql`next_check_at = ${c.nextCheckAt}`);
+    if (c.markDispatched) sets.push(sql`dispatched_at = coalesce(t.dispatched_at, ${spec.now})`);
+    if (c.incrementDispatchAttempts) sets.push(sql`dispatch_attempts = t.dispatch_attempts + 1`);
+    if (c.incrementCheckAttempts) sets.push(sql`check_attempts = t.check_attempts + 1`);
+    if (c.lastDispatchOutcome !== undefined) sets.push(sql`last_dispatch_outcome = ${c.lastDispatchOutcome}`);
+    if (FINAL_STATUSES.includes(spec.to) || spec.to === 'expired') sets.push(sql`completed_at = ${spec.now}`);
+    if (!c.keepLease) sets.push(sql`lease_owner = null`, sql`lease_expires_at = null`);
+    const fence = spec.fence === undefined ? sql`true` : sql`t.lease_owner = ${spec.fence}`;
+    const detail = spec.detail ?? null;
+    const reported = spec.reported ?? null;
+
+    const { rows } = await sql<TaskRow & { current_status: TaskStatus; from_status: TaskStatus | null; conflicts: number }>`
+      with cur as (
+        select id, status from tasks where id = ${spec.taskId}::uuid for update
+      ), upd as (
+        update tasks t set ${sql.join(sets)}
+        from cur
+        where t.id = cur.id and cur.status = any(${textArray(from)}) and ${fence}
+        returning t.*, cur.status as from_status
+      ), moved_event as (
+        insert into task_events (task_id, at, from_status, to_status, source, detail)
+        select id, ${spec.now}, from_status, status, ${spec.source}, ${json(detail)} from upd
+      ), conflict_event as (
+        insert into task_events (task_id, at, from_status, to_status, source, detail)
+        select cur.id, ${spec.now}, cur.status, cur.status, ${spec.source},
+               jsonb_build_object('type', 'conflict', 'reported', ${reported}::text) || coalesce(${json(detail)}, '{}'::jsonb)
+        from cur
+        where ${reported}::text in ('succeeded', 'failed')
+          and cur.status = any(${textArray(FINAL_STATUSES)})
+          and cur.status <> ${reported}::text
+          and not exists (select 1 from upd)
+        returning 1
+      )
+      select cur.status as current_status, (select count(*) from conflict_event) as conflicts, upd.*
+      from cur left join upd on true`.execute(this.db);
+
+    const row = rows[0];
+    if (!row) return { outcome: 'not_found' };
+    if (row.from_status !== null) {
+      const { current_status: _c, from_status: _f, conflicts: _n, ...task } = row;
+      return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
+    }
+    return { outcome: row.conflicts > 0 ? 'conflict' : 'ignored', previousStatus: row.current_status };
+  }
+
+  /** Makes an open task due now, for an on-demand check; returns the row, or undefined if absent. */
+  async makeDue(id: string, now: Date): Promise<TaskRow | undefined> {
+    const updated = await this.db
+      .updateTable('tasks')
+      .set({ next_check_at: now, updated_at: now })
+      .where('id', '=', id)
+      .where('status', 'in', OPEN_STATUSES)
+      .returningAll()
+      .executeTakeFirst();
+    return updated ?? this.findById(id);
+  }
+
+  /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */
+  async releaseLease(id: string, owner: string, now: Date): Promise<void> {
+    await this.db
+      .updateTable('tasks')
+      .set({ lease_owner: null, lease_expires_at: null, next_check_at: now })
+      .where('id', '=', id)
+      .where('lease_owner', '=', owner)
+      .execute();
+  }
+}

@@ -1,0 +1,196 @@
+import { createHash, randomUUID } from 'node:crypto';
+import stringify from 'safe-stable-stringify';
+import { v7 as uuidv7 } from 'uuid';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock';
+import type { TaskEventRow, TaskRow } from '../db/schema';
+import type { Dispatcher } from '../dispatch/dispatcher';
+import { HttpProblem } from '../http/problem';
+import type { Metrics } from '../observability/metrics';
+import type { PartnerRegistry } from '../partners/partner-registry';
+import { isFinal, type TaskStatus } from './task';
+import type { TaskRepository } from './task-repository';
+import type { ApiTask, CreateTaskBody } from './task-schemas';
+import type { TaskNotifier } from './task-transitions';
+
+/**
+ * How long the dispatcher's claim on a new task lasts beyond one dispatch attempt. If this process dies
+ * before recording the outcome, the reconciler takes the task over once the claim runs out.
+ */
+export const DISPATCH_LEASE_GRACE_MS = 10_000;
+/** While a `waitSeconds` read waits, how often it looks in the database (changes made by other replicas). */
+const WAIT_POLL_MS = 500;
+
+export interface TaskServiceDeps {
+  repo: TaskRepository;
+  partners: PartnerRegistry;
+  dispatcher: Dispatcher;
+  notifier: TaskNotifier;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+  /** Names this process in lease tokens. */
+  instanceId: string;
+}
+
+export type CreateResult = { created: true; task: TaskRow } | { created: false; task: TaskRow };
+
+/** Creating, reading and nudging tasks; knows nothing of HTTP requests. */
+export class TaskService {
+  constructor(private readonly deps: TaskServiceDeps) {}
+
+  /**
+   * Stores the task (committed before this resolves), then hands it to the dispatcher. A second create with
+   * the same partner and requestNo returns the stored task when the body is the same, and is refused
+   * with 409 when it differs.
+   */
+  async create(body: CreateTaskBody): Promise<CreateResult> {
+    const partner = this.deps.partners.get(body.partner);
+    if (!partner) {
+      throw new HttpProblem(422, `unknown partner "${body.partner}"`, [{ field: 'partner', message: 'is not a configured partner' }]);
+    }
+    const requestNo = body.requestNo ?? randomUUID();
+    const now = this.deps.clock.now();
+    const leaseOwner = `${this.deps.instanceId}:dispatch:${randomUUID()}`;
+    const result = await this.deps.repo.insert({
+      id: uuidv7({ msecs: now.getTime() }),
+      partner: body.partner,
+      requestNo,
+      kind: body.kind ?? null,
+      payload: body.payload,
+      notifyUrl: body.notifyUrl ?? null,
+      metadata: body.metadata ?? null,
+      bodyHash: bodyHash({ ...body, requestNo }),
+      createdAt: now,
+      expiresAt: new Date(now.getTime() + partner.config.reconcile.maxAgeSeconds * 1000),
+      leaseOwner,
+      nextCheckAt: new Date(now.getTime() + partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
+    });
+    if (!result.inserted) {
+      if (result.existing.body_hash !== bodyHash({ ...body, requestNo })) {
+        throw new HttpProblem(409, `partner "${body.partner}" already has a task with requestNo "${requestNo}" and a different body`);
+      }
+      return { created: false, task: result.existing };
+    }
+    this.deps.metrics.tasksCreated.inc({ partner: body.partner });
+    this.deps.notifier.created({ id: result.task.id, partner: body.partner, requestNo });
+    this.deps.dispatcher.enqueue(result.task, leaseOwner);
+    return { created: true, task: result.task };
+  }
+
+  async get(id: string): Promise<TaskRow> {
+    const task = isUuid(id) ? await this.deps.repo.findById(id) : undefined;
+    if (!task) throw new HttpProblem(404, `no task ${id}`);
+    return task;
+  }
+
+  /**
+   * Reads a task, holding the answer until it is final or `waitSeconds` pass. Changes made in this process
+   * wake it at once; changes by other replicas are seen by looking again every half second.
+   */
+  async getWhenFinal(id: string, waitSeconds: number, signal: AbortSignal): Promise<TaskRow> {
+    let task = await this.get(id);
+    const deadline = Date.now() + waitSeconds * 1000;
+    while (!isFinal(task.status as TaskStatus) && task.status !== 'expired' && !signal.aborted) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      const wait = AbortSignal.any([signal, AbortSignal.timeout(Math.min(left, WAIT_POLL_MS))]);
+      const changed = await this.deps.notifier.waitForChange(id, wait);
+      task = changed ?? (await this.get(id));
+    }
+    return task;
+  }
+
+  async getByRequestNo(partner: string, requestNo: string): Promise<TaskRow> {
+    const task = await this.deps.repo.findByRequestNo(partner, requestNo);
+    if (!task) throw new HttpProblem(404, `partner "${partner}" has no task with requestNo "${requestNo}"`);
+    return task;
+  }
+
+  async list(q: { status?: TaskStatus; partner?: string; limit: number; cursor?: string }): Promise<{ rows: TaskRow[]; nextCursor: string | null }> {
+    const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
+    const { rows, hasMore } = await this.deps.repo.list({
+      limit: q.limit,
+      ...(q.status ? { status: q.status } : {}),
+      ...(q.partner ? { partner: q.partner } : {}),
+      ...(after ? { after } : {}),
+    });
+    const last = rows.at(-1);
+    return { rows, nextCursor: hasMore && last ? encodeCursor(new Date(last.created_at), last.id) : null };
+  }
+
+  async events(id: string): Promise<TaskEventRow[]> {
+    await this.get(id);
+    return this.deps.repo.listEvents(id);
+  }
+
+  /** Makes the task due for the reconciler now (an on-demand check with the partner). */
+  async requestReconcile(id: string): Promise<TaskRow> {
+    const task = isUuid(id) ? await this.deps.repo.makeDue(id, this.deps.clock.now()) : undefined;
+    if (!task) throw new HttpProblem(404, `no task ${id}`);
+    return task;
+  }
+}
+
+/** Hash of what the client asked for, independent of key order, to tell a replay from a conflicting reuse. */
+export function bodyHash(body: CreateTaskBody & { requestNo: string }): string {
+  const canonical = stringify({
+    partner: body.partner,
+    requestNo: body.requestNo,
+    kind: body.kind ?? null,
+    payload: body.payload,
+    notifyUrl: body.notifyUrl ?? null,
+    metadata: body.metadata ?? null,
+  });
+  return createHash('sha256').update(canonical ?? '').digest('base64url');
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export function isUuid(s: string): boolean {
+  return UUID.test(s);
+}
+
+export function encodeCursor(createdAt: Date, id: string): string {
+  return Buffer.from(JSON.stringify([createdAt.toISOString(), id])).toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { createdAt: Date; id: string } {
+  try {
+    const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [unknown, unknown];
+    const createdAt = new Date(String(at));
+    if (typeof id === 'string' && isUuid(id) && !Number.isNaN(createdAt.getTime())) return { createdAt, id };
+  } catch {
+    // fall through to the 422 below
+  }
+  throw new HttpProblem(422, 'the cursor is not one this service issued', [{ field: 'cursor', message: 'is invalid' }]);
+}
+
+const iso = (d: Date | string | null): string | null => (d === null ? null : new Date(d).toISOString());
+
+/** The API's view of a task row. */
+export function toApiTask(t: TaskRow): ApiTask {
+  return {
+    id: t.id,
+    partner: t.partner,
+    requestNo: t.request_no,
+    kind: t.kind,
+    status: t.status as ApiTask['status'],
+    payload: t.payload as Record<string, unknown>,
+    result: t.result ?? null,
+    error: t.error ?? null,
+    notifyUrl: t.notify_url,
+    metadata: (t.metadata ?? null) as Record<string, unknown> | null,
+    dispatchAttempts: t.dispatch_attempts,
+    checkAttempts: t.check_attempts,
+    settledBy: t.settled_by as ApiTask['settledBy'],
+    nextCheckAt: iso(t.next_check_at),
+    createdAt: iso(t.created_at)!,
+    updatedAt: iso(t.updated_at)!,
+    dispatchedAt: iso(t.dispatched_at),
+    completedAt: iso(t.completed_at),
+  };
+}
+
+export function toApiEvent(e: TaskEventRow) {
+  return { at: iso(e.at)!, from: e.from_status, to: e.to_status, source: e.source, detail: e.detail ?? null };
+}

@@ -1,0 +1,85 @@
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import type { TaskRow } from '../db/schema';
+import type { Metrics } from '../observability/metrics';
+import { isFinal, type TaskStatus } from './task';
+import type { TaskRepository, TransitionResult, TransitionSpec } from './task-repository';
+
+export interface TaskCreatedNotice {
+  id: string;
+  partner: string;
+  requestNo: string;
+}
+
+/**
+ * In-process notices about tasks: lets a waiting callback or a `waitSeconds` read wake at once when the
+ * change happened in this process. Other processes' changes are found by looking again in the database.
+ */
+export class TaskNotifier {
+  private readonly emitter = new EventEmitter().setMaxListeners(0);
+
+  created(notice: TaskCreatedNotice): void {
+    this.emitter.emit(`created:${notice.partner}\u0000${notice.requestNo}`, notice);
+  }
+
+  changed(task: TaskRow): void {
+    this.emitter.emit(`changed:${task.id}`, task);
+  }
+
+  /** Resolves with the created task's id, or undefined when `signal` aborts first. */
+  waitForCreated(partner: string, requestNo: string, signal: AbortSignal): Promise<string | undefined> {
+    return this.once(`created:${partner}\u0000${requestNo}`, signal, (n: TaskCreatedNotice) => n.id);
+  }
+
+  /** Resolves with the task once it changes, or undefined when `signal` aborts first. */
+  waitForChange(id: string, signal: AbortSignal): Promise<TaskRow | undefined> {
+    return this.once(`changed:${id}`, signal, (t: TaskRow) => t);
+  }
+
+  private once<A, R>(event: string, signal: AbortSignal, pick: (a: A) => R): Promise<R | undefined> {
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve(undefined);
+      const onEvent = (a: A) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(pick(a));
+      };
+      const onAbort = () => {
+        this.emitter.off(event, onEvent);
+        resolve(undefined);
+      };
+      this.emitter.once(event, onEvent);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+/**
+ * The one door for status changes: runs the repository's conditional statement, then counts it and
+ * tells in-process waiters. Routes, the dispatcher, callbacks and the reconciler all come through here.
+ */
+export class TaskTransitions {
+  constructor(
+    private readonly repo: TaskRepository,
+    private readonly metrics: Metrics,
+    private readonly notifier: TaskNotifier,
+    private readonly logger: Logger,
+  ) {}
+
+  async apply(partner: string, spec: TransitionSpec): Promise<TransitionResult> {
+    const result = await this.repo.transition(spec);
+    if (result.outcome === 'applied' && result.task) {
+      const from = result.previousStatus as TaskStatus;
+      if (from !== spec.to) {
+        this.metrics.taskTransitions.inc({ partner, from, to: spec.to, source: spec.source });
+        if (isFinal(spec.to) || spec.to === 'expired') {
+          this.logger.debug({ taskId: spec.taskId, from, to: spec.to, source: spec.source }, 'task settled');
+        }
+      }
+      this.notifier.changed(result.task);
+    } else if (result.outcome === 'conflict') {
+      this.metrics.settlementConflicts.inc({ partner });
+      this.logger.warn({ taskId: spec.taskId, current: result.previousStatus, reported: spec.reported, source: spec.source }, 'report contradicts a final status; recorded, not applied');
+    }
+    return result;
+  }
+}
