@@ -1,5 +1,6 @@
 import type { Migration } from 'kysely';
 import * as m0001 from './0001_tasks';
+import * as m0002 from './0002_callback_inbox';
 
 /**
  * Every migration, in order. A static list (not a folder scan) so the same code runs from TypeScript
@@ -7,4 +8,5 @@ import * as m0001 from './0001_tasks';
  */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '0001_tasks': m0001,
+  '0002_callback_inbox': m0002,
 });

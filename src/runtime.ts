@@ -4,6 +4,10 @@ import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { buildApp } from './app';
+import { BackgroundLoop } from './background-loop';
+import { callbackRoutes } from './callbacks/callback-routes';
+import { CallbackService } from './callbacks/callback-service';
+import { InboxRepository } from './callbacks/inbox-repository';
 import { systemClock, type Clock } from './clock';
 import type { Config } from './config/config';
 import { openDatabase, type DatabaseHandle } from './db/database';
@@ -15,6 +19,9 @@ import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
+
+/** How often the inbox safety net looks for queued callbacks whose task exists by now. */
+export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
 
 export interface RuntimeOptions {
   config: Config;
@@ -43,6 +50,9 @@ export interface Runtime {
   readonly transitions: TaskTransitions;
   readonly dispatcher: Dispatcher;
   readonly tasks: TaskService;
+  readonly callbacks: CallbackService;
+  /** Applies queued callbacks whose task exists by now (the safety net for creation racing a callback). */
+  readonly inboxSafetyNet: BackgroundLoop;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -83,7 +93,30 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
   });
-  const tasks = new TaskService({ repo, partners, dispatcher, notifier, metrics, clock, logger, instanceId });
+  const callbacks = new CallbackService({
+    partners,
+    inbox: new InboxRepository(database.db),
+    tasks: repo,
+    transitions,
+    notifier,
+    metrics,
+    clock,
+    logger,
+    lookupTimeoutMs: config.callbackLookupTimeoutMs,
+    requestCheck: (taskId) => repo.makeDue(taskId, clock.now()),
+  });
+  const tasks = new TaskService({
+    repo,
+    partners,
+    dispatcher,
+    notifier,
+    metrics,
+    clock,
+    logger,
+    instanceId,
+    applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
+  });
+  const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   let draining = false;
   const app = buildApp({
@@ -95,6 +128,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     apiKeys: config.apiKeys,
     maxBodyBytes: config.maxBodyBytes,
     isDraining: () => draining,
+    partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
   });
 
   const server = await listen(app, config.host, opts.port ?? config.port);
@@ -102,6 +136,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   logger.info({ url, instanceId, partners: config.partners.map((p) => p.id) }, 'callback-reconciler listening');
+  inboxSafetyNet.start();
 
   let stopped: Promise<void> | undefined;
   const stop = () =>
@@ -112,13 +147,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
+      await inboxSafetyNet.stop();
       await dispatcher.drain();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -39,7 +39,7 @@ export interface TasksTable {
 }
 
 export interface TaskEventsTable {
-  id: Generated<string>;
+  id: Generated<number>;
   task_id: string;
   at: Timestamp;
   from_status: string | null;
@@ -48,11 +48,30 @@ export interface TaskEventsTable {
   detail: NullableJson;
 }
 
+export type InboxOutcome = 'queued' | 'applied' | 'ignored' | 'conflict' | 'unreadable';
+
+export interface CallbackInboxTable {
+  id: Generated<number>;
+  partner: string;
+  webhook_id: string;
+  request_no: string | null;
+  reported_status: string | null;
+  result: NullableJson;
+  error: NullableJson;
+  raw_body: string;
+  received_at: Timestamp;
+  outcome: InboxOutcome;
+  task_id: string | null;
+  matched_at: NullableTimestamp;
+}
+
 export interface Database {
   tasks: TasksTable;
   task_events: TaskEventsTable;
+  callback_inbox: CallbackInboxTable;
 }
 
 export type TaskRow = Selectable<TasksTable>;
 export type NewTaskRow = Insertable<TasksTable>;
 export type TaskEventRow = Selectable<TaskEventsTable>;
+export type InboxRow = Selectable<CallbackInboxTable>;

@@ -19,7 +19,9 @@ export interface NewTask {
   nextCheckAt: Date;
 }
 
-export type InsertResult = { inserted: true; task: TaskRow } | { inserted: false; existing: TaskRow };
+export type InsertResult =
+  | { inserted: true; task: TaskRow; hasQueuedCallbacks: boolean }
+  | { inserted: false; existing: TaskRow };
 
 /** Column changes that ride along with a status move (or a stay, for attempt bookkeeping). */
 export interface TaskChanges {
@@ -49,9 +51,15 @@ export interface TransitionSpec {
   /** The partner's report behind the move, when there is one: a contradicting one is recorded as a conflict. */
   reported?: PartnerStatus;
   detail?: Record<string, unknown>;
+  /**
+   * Apply on behalf of this stored callback: the move happens only if the inbox row is still queued, and
+   * the row is marked with the outcome and the task in the same statement, so a callback is applied once
+   * however many paths (handler, task creation, safety net) race for it.
+   */
+  inboxId?: number;
 }
 
-export type TransitionOutcome = 'applied' | 'ignored' | 'conflict' | 'not_found';
+export type TransitionOutcome = 'applied' | 'ignored' | 'conflict' | 'not_found' | 'already_handled';
 
 export interface TransitionResult {
   outcome: TransitionOutcome;
@@ -98,8 +106,16 @@ export class TaskRepository {
         insert into task_events (task_id, at, from_status, to_status, source)
         select id, created_at, null, 'pending', 'api' from inserted
       )
-      select * from inserted`.execute(this.db);
-    if (rows[0]) return { inserted: true, task: rows[0] };
+      select inserted.*, exists (
+        select 1 from callback_inbox i
+        where i.partner = inserted.partner and i.request_no = inserted.request_no and i.outcome = 'queued'
+      ) as has_queued_callbacks
+      from inserted`.execute(this.db);
+    const row = rows[0] as (TaskRow & { has_queued_callbacks: boolean }) | undefined;
+    if (row) {
+      const { has_queued_callbacks: hasQueuedCallbacks, ...task } = row;
+      return { inserted: true, task, hasQueuedCallbacks };
+    }
     const existing = await this.findByRequestNo(t.partner, t.requestNo);
     if (!existing) {
       // The conflicting row was deleted between the two statements (retention); a retry inserts cleanly.
@@ -160,9 +176,14 @@ export class TaskRepository {
     const detail = spec.detail ?? null;
     const reported = spec.reported ?? null;
 
-    const { rows } = await sql<TaskRow & { current_status: TaskStatus; from_status: TaskStatus | null; conflicts: number }>`
-      with cur as (
-        select id, status from tasks where id = ${spec.taskId}::uuid for update
+    const inboxId = spec.inboxId ?? null;
+    const { rows } = await sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean }>`
+      with inbox as (
+        select id from callback_inbox where id = ${inboxId}::bigint and outcome = 'queued' for update
+      ), cur as (
+        select id, status from tasks
+        where id = ${spec.taskId}::uuid and (${inboxId}::bigint is null or exists (select 1 from inbox))
+        for update
       ), upd as (
         update tasks t set ${sql.join(sets)}
         from cur
@@ -181,14 +202,25 @@ export class TaskRepository {
           and cur.status <> ${reported}::text
           and not exists (select 1 from upd)
         returning 1
+      ), inbox_marked as (
+        update callback_inbox set
+          task_id = ${spec.taskId}::uuid,
+          matched_at = ${spec.now},
+          outcome = case when exists (select 1 from upd) then 'applied'
+                         when exists (select 1 from conflict_event) then 'conflict'
+                         else 'ignored' end
+        where id = (select id from inbox) and exists (select 1 from cur)
       )
-      select cur.status as current_status, (select count(*) from conflict_event) as conflicts, upd.*
-      from cur left join upd on true`.execute(this.db);
+      select (select status from cur) as current_status, (select count(*) from conflict_event) as conflicts,
+             exists (select 1 from inbox) as inbox_claimed, upd.*
+      from (select 1) as one left join upd on true`.execute(this.db);
 
-    const row = rows[0];
-    if (!row) return { outcome: 'not_found' };
+    const row = rows[0]!;
+    if (row.current_status === null) {
+      return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
+    }
     if (row.from_status !== null) {
-      const { current_status: _c, from_status: _f, conflicts: _n, ...task } = row;
+      const { current_status: _c, from_status: _f, conflicts: _n, inbox_claimed: _i, ...task } = row;
       return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
     }
     return { outcome: row.conflicts > 0 ? 'conflict' : 'ignored', previousStatus: row.current_status };

@@ -31,6 +31,8 @@ export interface TaskServiceDeps {
   logger: Logger;
   /** Names this process in lease tokens. */
   instanceId: string;
+  /** Applies callbacks that arrived before their task; returns the task if one of them moved it. */
+  applyQueuedCallbacks: (task: TaskRow) => Promise<TaskRow | undefined>;
 }
 
 export type CreateResult = { created: true; task: TaskRow } | { created: false; task: TaskRow };
@@ -73,9 +75,15 @@ export class TaskService {
       return { created: false, task: result.existing };
     }
     this.deps.metrics.tasksCreated.inc({ partner: body.partner });
-    this.deps.notifier.created({ id: result.task.id, partner: body.partner, requestNo });
-    this.deps.dispatcher.enqueue(result.task, leaseOwner);
-    return { created: true, task: result.task };
+    let task = result.task;
+    if (result.hasQueuedCallbacks) {
+      // The partner already called back (it may have got the request from an earlier, lost attempt of
+      // the client's): apply what it said before deciding whether a dispatch is still needed.
+      task = (await this.deps.applyQueuedCallbacks(task)) ?? task;
+    }
+    this.deps.notifier.created({ id: task.id, partner: body.partner, requestNo });
+    if (task.status === 'pending') this.deps.dispatcher.enqueue(task, leaseOwner);
+    return { created: true, task };
   }
 
   async get(id: string): Promise<TaskRow> {
