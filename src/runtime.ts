@@ -19,6 +19,9 @@ import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
+import { Housekeeping } from './reconciler/housekeeping';
+import { Reconciler } from './reconciler/reconciler';
+import { TaskChecker } from './reconciler/task-checker';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
@@ -31,6 +34,8 @@ export interface RuntimeOptions {
   logger?: Logger;
   /** Tests may leave the port to the OS with 0 (the default is config.port). */
   port?: number;
+  /** False: do not start the reconciler, housekeeping and safety net (tests drive them with runOnce). */
+  background?: boolean;
 }
 
 /** Everything one running service holds; tests reach into it, main only starts and stops it. */
@@ -53,6 +58,8 @@ export interface Runtime {
   readonly callbacks: CallbackService;
   /** Applies queued callbacks whose task exists by now (the safety net for creation racing a callback). */
   readonly inboxSafetyNet: BackgroundLoop;
+  readonly reconciler: Reconciler;
+  readonly housekeeping: Housekeeping;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -79,7 +86,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
 
   const metrics = new Metrics({ defaultMetrics: true });
-  const partners = new PartnerRegistry(config.partners, clock);
+  const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db);
   const notifier = new TaskNotifier();
   const transitions = new TaskTransitions(repo, metrics, notifier, logger);
@@ -103,7 +110,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     clock,
     logger,
     lookupTimeoutMs: config.callbackLookupTimeoutMs,
-    requestCheck: (taskId) => repo.makeDue(taskId, clock.now()),
+    requestCheck: async (taskId) => {
+      await repo.makeDue(taskId, clock.now());
+      reconciler.nudge();
+    },
   });
   const tasks = new TaskService({
     repo,
@@ -115,7 +125,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     logger,
     instanceId,
     applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
+    nudgeReconciler: () => reconciler.nudge(),
   });
+  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
+  const reconciler = new Reconciler(
+    { repo, checker, metrics, clock, logger, instanceId },
+    { cron: config.reconcileCron, concurrency: config.reconcileConcurrency, batchSize: config.reconcileBatchSize, leaseMs: config.reconcileLeaseMs },
+  );
+  const housekeeping = new Housekeeping({ db: database.db, metrics, clock, logger, instanceId, retentionDays: config.retentionDays, gaugesCron: config.reconcileCron });
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   let draining = false;
@@ -136,7 +153,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   logger.info({ url, instanceId, partners: config.partners.map((p) => p.id) }, 'callback-reconciler listening');
-  inboxSafetyNet.start();
+  if (opts.background !== false) {
+    inboxSafetyNet.start();
+    reconciler.start();
+    housekeeping.start();
+  }
 
   let stopped: Promise<void> | undefined;
   const stop = () =>
@@ -147,14 +168,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await inboxSafetyNet.stop();
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
       await dispatcher.drain();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -19,6 +19,8 @@ export const DEFAULTS = Object.freeze({
   dispatchConcurrency: 128,
   reconcileConcurrency: 32,
   reconcileBatchSize: 200,
+  /** A reconciler claim outlives a stuck replica by at most this long. */
+  reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
   retentionDays: 30,
 });
@@ -49,6 +51,7 @@ const envSchema = z.object({
   DISPATCH_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.dispatchConcurrency),
   RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
+  RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
 });
@@ -76,6 +79,7 @@ export interface Config {
   readonly dispatchConcurrency: number;
   readonly reconcileConcurrency: number;
   readonly reconcileBatchSize: number;
+  readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
   readonly retentionDays: number;
 }
@@ -134,6 +138,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     dispatchConcurrency: e.DISPATCH_CONCURRENCY,
     reconcileConcurrency: e.RECONCILE_CONCURRENCY,
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
+    reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     retentionDays: e.RETENTION_DAYS,
   });

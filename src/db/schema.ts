@@ -65,7 +65,14 @@ export interface CallbackInboxTable {
   matched_at: NullableTimestamp;
 }
 
+export interface CronRunsTable {
+  key: string;
+  owner: string;
+  started_at: Timestamp;
+}
+
 export interface Database {
+  cron_runs: CronRunsTable;
   tasks: TasksTable;
   task_events: TaskEventsTable;
   callback_inbox: CallbackInboxTable;

@@ -96,10 +96,15 @@ export class Dispatcher {
       payload: task.payload,
       callbackUrl: this.callbackUrl(task.partner),
     });
+    if (result.kind === 'deferred') {
+      // The partner is protected right now; nothing was sent, so no attempt is counted.
+      await this.deps.repo.defer(task.id, fence, new Date(this.deps.clock.now().getTime() + result.deferral!.retryInMs));
+      return result;
+    }
     const { metrics } = this.deps;
     metrics.dispatchDuration.observe({ partner: task.partner, outcome: result.kind }, result.durationMs / 1000);
     if (result.error) metrics.partnerErrors.inc({ partner: task.partner, operation: 'dispatch', class: result.error.class });
-    await this.record(client.config, task, fence, result);
+    await this.record(client.config, task, fence, { ...result, kind: result.kind });
     return result;
   }
 
@@ -138,7 +143,7 @@ export class Dispatcher {
     });
   }
 
-  private record(partner: PartnerConfig, task: TaskRow, fence: string, result: DispatchResult): Promise<TransitionResult> {
+  private record(partner: PartnerConfig, task: TaskRow, fence: string, result: DispatchResult & { kind: Exclude<DispatchResult['kind'], 'deferred'> }): Promise<TransitionResult> {
     const now = this.deps.clock.now();
     const expiresAt = new Date(task.expires_at);
     const base = { taskId: task.id, source: 'dispatch' as const, now, fence, from: ['pending' as const] };

@@ -12,6 +12,7 @@ import {
   type PartnerCallError,
 } from './errors';
 import { mapPartnerBody, type PartnerReport } from './mapping';
+import type { Deferral, PartnerGuard } from './partner-guard';
 
 /** The largest partner answer we read; anything bigger is a misbehaving partner. */
 const MAX_PARTNER_RESPONSE_BYTES = 1024 * 1024;
@@ -26,7 +27,9 @@ export interface DispatchRequest {
 }
 
 export interface DispatchResult {
-  kind: DispatchKind;
+  kind: DispatchKind | 'deferred';
+  /** Set when kind is 'deferred': the call was not made (breaker open, rate limit spent). */
+  deferral?: Deferral;
   durationMs: number;
   httpStatus?: number;
   /** Set when the answer's body already states an outcome. */
@@ -36,6 +39,7 @@ export interface DispatchResult {
 }
 
 export type StatusResult =
+  | { kind: 'deferred'; deferral: Deferral; durationMs: 0 }
   | { kind: 'found'; report: PartnerReport; durationMs: number }
   | { kind: 'not_found'; durationMs: number }
   | { kind: 'error'; error: PartnerCallError; durationMs: number; retryAfterMs?: number };
@@ -51,6 +55,7 @@ export class PartnerClient {
   constructor(
     readonly config: PartnerConfig,
     private readonly clock: Clock,
+    private readonly guard?: PartnerGuard,
     maxSockets = 256,
   ) {
     this.http = axios.create({
@@ -65,7 +70,27 @@ export class PartnerClient {
     });
   }
 
+  /** Sends a dispatch, unless the partner is protected right now (then `kind: 'deferred'`, nothing sent). */
   async dispatch(req: DispatchRequest): Promise<DispatchResult> {
+    if (!this.guard) return this.sendDispatch(req);
+    const guarded = await this.guard.run(async () => {
+      const r = await this.sendDispatch(req);
+      return { r, transientFailure: r.kind === 'transient' || r.kind === 'ambiguous' };
+    });
+    return guarded.ok ? guarded.value.r : { kind: 'deferred', durationMs: 0, deferral: guarded.deferral };
+  }
+
+  /** Asks the partner about a request, unless it is protected right now (then `kind: 'deferred'`). */
+  async status(requestNo: string): Promise<StatusResult> {
+    if (!this.guard) return this.queryStatus(requestNo);
+    const guarded = await this.guard.run(async () => {
+      const r = await this.queryStatus(requestNo);
+      return { r, transientFailure: r.kind === 'error' && r.error.class !== 'http_4xx' };
+    });
+    return guarded.ok ? guarded.value.r : { kind: 'deferred', durationMs: 0, deferral: guarded.deferral };
+  }
+
+  private async sendDispatch(req: DispatchRequest): Promise<DispatchResult> {
     const timeoutMs = this.config.dispatch.timeoutMs;
     const started = performance.now();
     let res: AxiosResponse;
@@ -93,7 +118,7 @@ export class PartnerClient {
     return result;
   }
 
-  async status(requestNo: string): Promise<StatusResult> {
+  private async queryStatus(requestNo: string): Promise<StatusResult> {
     const timeoutMs = this.config.status.timeoutMs;
     const path = this.config.status.path.replace('{requestNo}', encodeURIComponent(requestNo));
     const started = performance.now();

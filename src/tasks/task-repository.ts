@@ -57,6 +57,11 @@ export interface TransitionSpec {
    * however many paths (handler, task creation, safety net) race for it.
    */
   inboxId?: number;
+  /**
+   * Write no event row for this move. Only for a status that stays the same and says nothing new (a
+   * routine poll answered "processing"), so a long-running task's trail is not buried in checks.
+   */
+  quiet?: boolean;
 }
 
 export type TransitionOutcome = 'applied' | 'ignored' | 'conflict' | 'not_found' | 'already_handled';
@@ -168,9 +173,9 @@ export class TaskRepository {
     if (c.nextCheckAt !== undefined) sets.push(sql`next_check_at = ${c.nextCheckAt}`);
     if (c.markDispatched) sets.push(sql`dispatched_at = coalesce(t.dispatched_at, ${spec.now})`);
     if (c.incrementDispatchAttempts) sets.push(sql`dispatch_attempts = t.dispatch_attempts + 1`);
-    if (c.incrementCheckAttempts) sets.push(sql`check_attempts = t.check_attempts + 1`);
     if (c.lastDispatchOutcome !== undefined) sets.push(sql`last_dispatch_outcome = ${c.lastDispatchOutcome}`);
     if (FINAL_STATUSES.includes(spec.to) || spec.to === 'expired') sets.push(sql`completed_at = ${spec.now}`);
+    if (c.incrementCheckAttempts) sets.push(sql`check_attempts = t.check_attempts + 1`);
     if (!c.keepLease) sets.push(sql`lease_owner = null`, sql`lease_expires_at = null`);
     const fence = spec.fence === undefined ? sql`true` : sql`t.lease_owner = ${spec.fence}`;
     const detail = spec.detail ?? null;
@@ -191,7 +196,7 @@ export class TaskRepository {
         returning t.*, cur.status as from_status
       ), moved_event as (
         insert into task_events (task_id, at, from_status, to_status, source, detail)
-        select id, ${spec.now}, from_status, status, ${spec.source}, ${json(detail)} from upd
+        select id, ${spec.now}, from_status, status, ${spec.source}, ${json(detail)} from upd where not ${spec.quiet ?? false}
       ), conflict_event as (
         insert into task_events (task_id, at, from_status, to_status, source, detail)
         select cur.id, ${spec.now}, cur.status, cur.status, ${spec.source},
@@ -236,6 +241,43 @@ export class TaskRepository {
       .returningAll()
       .executeTakeFirst();
     return updated ?? this.findById(id);
+  }
+
+  /**
+   * Puts a claimed task back, due at `at`, without counting an attempt or writing an event (the partner
+   * was protected: breaker open or rate limit spent). Only the claim's holder can do it.
+   */
+  async defer(id: string, owner: string, at: Date): Promise<boolean> {
+    const r = await this.db
+      .updateTable('tasks')
+      .set({ lease_owner: null, lease_expires_at: null, next_check_at: sql<Date>`least(${at}::timestamptz, expires_at)` })
+      .where('id', '=', id)
+      .where('lease_owner', '=', owner)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
+  /**
+   * Claims up to `limit` due tasks for `owner` in one statement, oldest due first. SKIP LOCKED lets
+   * replicas claim side by side without waiting on each other; the lease moves `next_check_at` to its
+   * expiry, so a claim whose holder dies becomes due again by itself and the next claim replaces
+   * `lease_owner`, fencing the old holder out.
+   */
+  async claimDue(now: Date, limit: number, owner: string, leaseUntil: Date): Promise<TaskRow[]> {
+    const { rows } = await sql<TaskRow>`
+      with due as (
+        select id from tasks
+        where status in ('pending', 'dispatched') and next_check_at <= ${now}
+        order by next_check_at
+        limit ${limit}
+        for update skip locked
+      )
+      update tasks t
+      set lease_owner = ${owner}, lease_expires_at = ${leaseUntil}, next_check_at = ${leaseUntil}
+      from due
+      where t.id = due.id
+      returning t.*`.execute(this.db);
+    return rows;
   }
 
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */

@@ -33,6 +33,8 @@ export interface TaskServiceDeps {
   instanceId: string;
   /** Applies callbacks that arrived before their task; returns the task if one of them moved it. */
   applyQueuedCallbacks: (task: TaskRow) => Promise<TaskRow | undefined>;
+  /** Tells the reconciler a task became due now, so it checks at once rather than at its next tick. */
+  nudgeReconciler: () => void;
 }
 
 export type CreateResult = { created: true; task: TaskRow } | { created: false; task: TaskRow };
@@ -136,6 +138,7 @@ export class TaskService {
   async requestReconcile(id: string): Promise<TaskRow> {
     const task = isUuid(id) ? await this.deps.repo.makeDue(id, this.deps.clock.now()) : undefined;
     if (!task) throw new HttpProblem(404, `no task ${id}`);
+    this.deps.nudgeReconciler();
     return task;
   }
 }

@@ -1,0 +1,132 @@
+import { randomUUID } from 'node:crypto';
+import cron, { type ScheduledTask } from 'node-cron';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock';
+import type { TaskRow } from '../db/schema';
+import type { Metrics } from '../observability/metrics';
+import type { TaskRepository } from '../tasks/task-repository';
+import type { TaskChecker } from './task-checker';
+
+export interface ReconcilerOptions {
+  /** node-cron expression of the sweep; it fires on every replica. */
+  cron: string;
+  /** Checks in flight at once on this replica. */
+  concurrency: number;
+  /** Tasks claimed per statement. */
+  batchSize: number;
+  /** How long a claim lasts; a replica that dies holding it is taken over after this. */
+  leaseMs: number;
+}
+
+export interface SweepResult {
+  claimed: number;
+  checked: number;
+  durationMs: number;
+}
+
+export interface ReconcilerDeps {
+  repo: TaskRepository;
+  checker: TaskChecker;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+  instanceId: string;
+}
+
+/** A claimed task is only checked while its claim still covers a whole check plus this margin. */
+const LEASE_SAFETY_MARGIN_MS = 2000;
+
+/**
+ * Asks partners about open tasks until each reaches a final status. Every replica sweeps on the cron;
+ * claims (SKIP LOCKED, leased, fenced) keep replicas from checking the same task. A sweep claims in
+ * batches and keeps `concurrency` checks in flight, claiming again as checks start, until a claim comes
+ * back short; it never holds more than one batch plus the checks in flight.
+ */
+export class Reconciler {
+  private task: ScheduledTask | undefined;
+  private sweeping: Promise<SweepResult> | undefined;
+  private rerunRequested = false;
+  private stopped = false;
+
+  constructor(
+    private readonly deps: ReconcilerDeps,
+    private readonly opts: ReconcilerOptions,
+  ) {}
+
+  start(): void {
+    if (this.task) return;
+    this.stopped = false;
+    this.task = cron.schedule(this.opts.cron, () => void this.runOnce(), { name: `reconciler-${this.deps.instanceId}`, noOverlap: true });
+  }
+
+  /** Stops the schedule and waits for the sweep in flight to finish its checks. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.task?.destroy();
+    this.task = undefined;
+    await this.sweeping;
+  }
+
+  /** Sweeps now, or joins the sweep in flight (the overlap guard). */
+  runOnce(): Promise<SweepResult> {
+    this.sweeping ??= this.sweep().finally(() => {
+      this.sweeping = undefined;
+      if (this.rerunRequested && !this.stopped) {
+        this.rerunRequested = false;
+        void this.runOnce();
+      }
+    });
+    return this.sweeping;
+  }
+
+  /** Something became due now (an on-demand check): sweep right away rather than at the next tick. */
+  nudge(): void {
+    if (this.stopped) return;
+    if (this.sweeping) this.rerunRequested = true;
+    else void this.runOnce();
+  }
+
+  private async sweep(): Promise<SweepResult> {
+    const started = performance.now();
+    const inFlight = new Set<Promise<void>>();
+    let claimed = 0;
+    let checked = 0;
+    try {
+      while (!this.stopped) {
+        const owner = `${this.deps.instanceId}:sweep:${randomUUID()}`;
+        const now = this.deps.clock.now();
+        const leaseUntil = new Date(now.getTime() + this.opts.leaseMs);
+        const batch = await this.deps.repo.claimDue(now, this.opts.batchSize, owner, leaseUntil);
+        claimed += batch.length;
+        for (const task of batch) {
+          while (inFlight.size >= this.opts.concurrency) await Promise.race(inFlight);
+          const run = this.checkOne(task, owner, leaseUntil).finally(() => inFlight.delete(run));
+          inFlight.add(run);
+          checked++;
+        }
+        if (batch.length < this.opts.batchSize) break;
+      }
+      await Promise.all(inFlight);
+    } catch (err) {
+      await Promise.allSettled(inFlight);
+      this.deps.logger.error({ err }, 'reconciler sweep failed');
+    }
+    const durationMs = performance.now() - started;
+    this.deps.metrics.reconcilerSweepDuration.observe(durationMs / 1000);
+    if (claimed > 0) this.deps.logger.debug({ claimed, checked, durationMs: Math.round(durationMs) }, 'reconciler sweep');
+    return { claimed, checked, durationMs };
+  }
+
+  private async checkOne(task: TaskRow, owner: string, leaseUntil: Date): Promise<void> {
+    // Waited too long for a slot: the claim may lapse mid-check, so leave the task for the next claim.
+    if (leaseUntil.getTime() - this.deps.clock.now().getTime() < LEASE_SAFETY_MARGIN_MS) return;
+    try {
+      const outcome = await this.deps.checker.check(task, owner);
+      this.deps.metrics.reconcilerChecks.inc({ partner: task.partner, outcome });
+    } catch (err) {
+      // The claim lapses and the task is checked again; nothing is lost.
+      this.deps.metrics.reconcilerChecks.inc({ partner: task.partner, outcome: 'failed' });
+      this.deps.logger.error({ err, taskId: task.id }, 'reconciler check failed');
+    }
+  }
+}

@@ -1,0 +1,173 @@
+import type { Logger } from 'pino';
+import type { Clock } from '../clock';
+import type { PartnerConfig } from '../config/partners';
+import type { TaskRow } from '../db/schema';
+import type { Dispatcher } from '../dispatch/dispatcher';
+import type { Metrics } from '../observability/metrics';
+import type { PartnerRegistry } from '../partners/partner-registry';
+import { transitionForReport } from '../tasks/report-transition';
+import { capAtExpiry, checkDelayMs, RETRY_AFTER_CAP_MS } from '../tasks/schedule';
+import type { TaskRepository } from '../tasks/task-repository';
+import type { TaskTransitions } from '../tasks/task-transitions';
+
+/** How the check of one task ended; the `outcome` label of reconciler_checks_total. */
+export type CheckOutcome =
+  | 'expired'
+  | 'settled'
+  | 'confirmed'
+  | 'processing'
+  | 'dispatched'
+  | 'redispatch_failed'
+  | 'rejected'
+  | 'not_found'
+  | 'error'
+  | 'deferred'
+  | 'fenced_out'
+  | 'unknown_partner';
+
+/** A partner that is not configured any more: look again rarely, an operator has to act. */
+const UNKNOWN_PARTNER_RECHECK_MS = 60 * 60_000;
+
+export interface TaskCheckerDeps {
+  partners: PartnerRegistry;
+  dispatcher: Dispatcher;
+  transitions: TaskTransitions;
+  repo: TaskRepository;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+}
+
+/**
+ * What the reconciler does with one claimed task. Every write is fenced on the claim, so a replica whose
+ * claim was taken over can no longer change the task.
+ *
+ * - past `maxAgeSeconds` → expired;
+ * - pending after a transient failure (the request never left) → dispatch again;
+ * - any other pending (never dispatched, crashed mid-way, ambiguous) → ask first: 404 → dispatch,
+ *   found → adopt the partner's status; never blindly re-send;
+ * - dispatched → ask: processing keeps it open on the partner's schedule, an outcome settles it.
+ */
+export class TaskChecker {
+  constructor(private readonly deps: TaskCheckerDeps) {}
+
+  async check(task: TaskRow, fence: string): Promise<CheckOutcome> {
+    const client = this.deps.partners.get(task.partner);
+    if (!client) {
+      this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task of a partner that is no longer configured');
+      await this.deps.repo.defer(task.id, fence, new Date(this.deps.clock.now().getTime() + UNKNOWN_PARTNER_RECHECK_MS));
+      return 'unknown_partner';
+    }
+    const partner = client.config;
+    const now = this.deps.clock.now();
+    if (now.getTime() >= new Date(task.expires_at).getTime()) return this.expire(task, fence, now);
+    if (task.status === 'pending' && task.last_dispatch_outcome === 'transient') return this.redispatch(task, fence);
+
+    const answer = await client.status(task.request_no);
+    switch (answer.kind) {
+      case 'deferred':
+        await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + answer.deferral.retryInMs));
+        return 'deferred';
+      case 'not_found':
+        return this.onNotFound(partner, task, fence, now);
+      case 'error': {
+        this.deps.metrics.partnerErrors.inc({ partner: partner.id, operation: 'status', class: answer.error.class });
+        const delay = answer.retryAfterMs !== undefined ? Math.min(answer.retryAfterMs, RETRY_AFTER_CAP_MS) : checkDelayMs(partner, task.check_attempts);
+        const r = await this.deps.transitions.apply(partner.id, {
+          taskId: task.id,
+          to: task.status as 'pending' | 'dispatched',
+          from: [task.status as 'pending' | 'dispatched'],
+          source: 'poll',
+          now,
+          fence,
+          detail: { type: 'check', outcome: 'error', error: answer.error },
+          changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, delay, task) },
+        });
+        return r.outcome === 'applied' ? 'error' : 'fenced_out';
+      }
+      case 'found': {
+        const report = answer.report;
+        if (report.status === 'processing' && task.status === 'dispatched') {
+          // Routine: still working. Count the check, schedule the next one; no event row.
+          const r = await this.deps.transitions.apply(partner.id, {
+            taskId: task.id,
+            to: 'dispatched',
+            from: ['dispatched'],
+            source: 'poll',
+            now,
+            fence,
+            quiet: true,
+            changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, checkDelayMs(partner, task.check_attempts + 1), task) },
+          });
+          return r.outcome === 'applied' ? 'processing' : 'fenced_out';
+        }
+        const spec = transitionForReport(partner, task, report, 'poll', now);
+        const r = await this.deps.transitions.apply(partner.id, {
+          ...spec,
+          fence,
+          detail: { type: 'check', outcome: 'found', status: report.status },
+          changes: { ...spec.changes, incrementCheckAttempts: true },
+        });
+        if (r.outcome !== 'applied') return r.outcome === 'conflict' ? 'settled' : 'fenced_out';
+        return report.status === 'processing' ? 'confirmed' : 'settled';
+      }
+    }
+  }
+
+  /** The partner says it never received the request: safe to send (again), within the attempt budget. */
+  private async onNotFound(partner: PartnerConfig, task: TaskRow, fence: string, now: Date): Promise<CheckOutcome> {
+    if (task.status === 'dispatched') {
+      // It confirmed receipt before and has lost it since: keep asking on schedule; expiry flags it.
+      const r = await this.deps.transitions.apply(partner.id, {
+        taskId: task.id,
+        to: 'dispatched',
+        from: ['dispatched'],
+        source: 'poll',
+        now,
+        fence,
+        detail: { type: 'check', outcome: 'not_found', note: 'partner no longer knows a request it confirmed' },
+        changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, checkDelayMs(partner, task.check_attempts + 1), task) },
+      });
+      return r.outcome === 'applied' ? 'not_found' : 'fenced_out';
+    }
+    if (task.dispatch_attempts >= partner.dispatch.maxAttempts) {
+      const r = await this.deps.transitions.apply(partner.id, {
+        taskId: task.id,
+        to: 'rejected',
+        from: ['pending'],
+        source: 'poll',
+        now,
+        fence,
+        detail: { type: 'check', outcome: 'not_found', reason: 'never received and dispatch attempts exhausted', attempts: task.dispatch_attempts },
+        changes: { incrementCheckAttempts: true, nextCheckAt: null },
+      });
+      return r.outcome === 'applied' ? 'rejected' : 'fenced_out';
+    }
+    return this.redispatch(task, fence);
+  }
+
+  private async redispatch(task: TaskRow, fence: string): Promise<CheckOutcome> {
+    const result = await this.deps.dispatcher.dispatchNow(task, fence);
+    if (!result) return 'unknown_partner';
+    if (result.kind === 'deferred') return 'deferred';
+    return result.kind === 'received' ? 'dispatched' : result.kind === 'refused' ? 'rejected' : 'redispatch_failed';
+  }
+
+  private async expire(task: TaskRow, fence: string, now: Date): Promise<CheckOutcome> {
+    const r = await this.deps.transitions.apply(task.partner, {
+      taskId: task.id,
+      to: 'expired',
+      from: ['pending', 'dispatched'],
+      source: 'expiry',
+      now,
+      fence,
+      detail: { type: 'expiry', reason: 'no outcome within maxAgeSeconds' },
+      changes: { nextCheckAt: null },
+    });
+    return r.outcome === 'applied' ? 'expired' : 'fenced_out';
+  }
+
+  private next(now: Date, delayMs: number, task: TaskRow): Date {
+    return capAtExpiry(new Date(now.getTime() + delayMs), new Date(task.expires_at));
+  }
+}
