@@ -93,6 +93,38 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
       '/v1/partners': {
         get: { summary: 'The configured partners', responses: { '200': { description: 'Partners', content: json('PartnerList') }, ...common } },
       },
+      '/v1/callbacks/{partner}': {
+        post: {
+          summary: 'A partner reports an outcome (Standard Webhooks signature, not the API key)',
+          security: [],
+          parameters: [
+            { name: 'partner', in: 'path', required: true, schema: { type: 'string' } },
+            { name: 'webhook-id', in: 'header', required: true, schema: { type: 'string' } },
+            { name: 'webhook-timestamp', in: 'header', required: true, schema: { type: 'string' } },
+            { name: 'webhook-signature', in: 'header', required: true, schema: { type: 'string' } },
+          ],
+          requestBody: {
+            required: true,
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  description: 'The partner protocol shape, or the shape its `mapping` describes',
+                  properties: { requestNo: { type: 'string' }, status: { type: 'string', enum: ['processing', 'succeeded', 'failed'] }, result: {}, error: {} },
+                },
+              },
+            },
+          },
+          responses: {
+            '200': { description: 'applied, ignored or duplicate', content: { 'application/json': { schema: { type: 'object', properties: { outcome: { type: 'string', enum: ['applied', 'ignored', 'duplicate'] } } } } } },
+            '202': { description: 'queued (task not there yet) or poll (untrusted partner)', content: { 'application/json': { schema: { type: 'object', properties: { outcome: { type: 'string', enum: ['queued', 'poll'] } } } } } },
+            '400': problem('Malformed, or unreadable by the mapping (kept as unreadable)'),
+            '401': problem('Bad or missing signature (nothing stored)'),
+            '404': problem('Unknown partner'),
+            '413': problem('Body over MAX_BODY_BYTES'),
+          },
+        },
+      },
       '/healthz': { get: { summary: 'Process is up', security: [], responses: { '200': { description: 'OK' } } } },
       '/readyz': { get: { summary: 'Database answers and migrations are current', security: [], responses: { '200': { description: 'Ready' }, '503': problem('Not ready') } } },
       '/metrics': { get: { summary: 'Prometheus metrics', security: [], responses: { '200': { description: 'Prometheus text' } } } },
