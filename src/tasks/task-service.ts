@@ -56,6 +56,7 @@ export class TaskService {
     const requestNo = body.requestNo ?? randomUUID();
     const now = this.deps.clock.now();
     const leaseOwner = `${this.deps.instanceId}:dispatch:${randomUUID()}`;
+    const hash = bodyHash({ ...body, requestNo });
     const result = await this.deps.repo.insert({
       id: uuidv7({ msecs: now.getTime() }),
       partner: body.partner,
@@ -64,14 +65,14 @@ export class TaskService {
       payload: body.payload,
       notifyUrl: body.notifyUrl ?? null,
       metadata: body.metadata ?? null,
-      bodyHash: bodyHash({ ...body, requestNo }),
+      bodyHash: hash,
       createdAt: now,
       expiresAt: new Date(now.getTime() + partner.config.reconcile.maxAgeSeconds * 1000),
       leaseOwner,
       nextCheckAt: new Date(now.getTime() + partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
     });
     if (!result.inserted) {
-      if (result.existing.body_hash !== bodyHash({ ...body, requestNo })) {
+      if (result.existing.body_hash !== hash) {
         throw new HttpProblem(409, `partner "${body.partner}" already has a task with requestNo "${requestNo}" and a different body`);
       }
       return { created: false, task: result.existing };
