@@ -164,9 +164,13 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     (stopped ??= (async () => {
       draining = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // A kept-alive connection goes idle only once its request in flight is answered: keep closing idle
+      // ones until the server has none left, and cut the rest at the shutdown timeout.
       server.closeIdleConnections();
+      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
+      clearInterval(idleSweep);
       clearTimeout(forced);
       await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
       await dispatcher.drain();

@@ -23,7 +23,7 @@ export interface InboxLookup {
   task: { id: string; check_attempts: number; expires_at: Date } | undefined;
 }
 
-const json = (v: unknown) => sql`${v === undefined ? null : JSON.stringify(v)}::jsonb`;
+const json = (v: unknown) => sql`${v === undefined || v === null ? null : JSON.stringify(v)}::jsonb`;
 
 /** SQL on the callback inbox. */
 export class InboxRepository {

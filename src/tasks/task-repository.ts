@@ -81,7 +81,8 @@ export interface ListFilter {
   after?: { createdAt: Date; id: string };
 }
 
-const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined ? null : JSON.stringify(v)}::jsonb`;
+/** A value as jsonb; undefined and null become SQL NULL (not a JSON null, which `coalesce` would keep). */
+const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined || v === null ? null : JSON.stringify(v)}::jsonb`;
 const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
 
 /**
