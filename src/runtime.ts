@@ -10,6 +10,7 @@ import { CallbackService } from './callbacks/callback-service';
 import { InboxRepository } from './callbacks/inbox-repository';
 import { systemClock, type Clock } from './clock';
 import type { Config } from './config/config';
+import type { PartnerConfig } from './config/partners';
 import { openDatabase, type DatabaseHandle } from './db/database';
 import { migrateToLatest } from './db/migrator';
 import { Dispatcher } from './dispatch/dispatcher';
@@ -25,6 +26,11 @@ import { TaskChecker } from './reconciler/task-checker';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
+
+/** A check is at most a status query and then a dispatch, each bounded by its timeout. */
+function worstCheckMs(partner: PartnerConfig | undefined): number {
+  return partner ? partner.status.timeoutMs + partner.dispatch.timeoutMs : 0;
+}
 
 export interface RuntimeOptions {
   config: Config;
@@ -129,8 +135,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
   const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
   const reconciler = new Reconciler(
-    { repo, checker, metrics, clock, logger, instanceId },
-    { cron: config.reconcileCron, concurrency: config.reconcileConcurrency, batchSize: config.reconcileBatchSize, leaseMs: config.reconcileLeaseMs },
+    { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
+    {
+      cron: config.reconcileCron,
+      concurrency: config.reconcileConcurrency,
+      batchSize: config.reconcileBatchSize,
+      leaseMs: config.reconcileLeaseMs,
+      partnerIds: config.partners.map((p) => p.id),
+    },
   );
   const housekeeping = new Housekeeping({ db: database.db, metrics, clock, logger, instanceId, retentionDays: config.retentionDays, gaugesCron: config.reconcileCron });
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);

@@ -29,6 +29,7 @@ export class PartnerGuard {
   private readonly breaker: CircuitBreakerPolicy;
   private readonly limiter: RateLimiterPostgres | undefined;
   private readonly window: { points: number; durationMs: number } | undefined;
+  private openedAt = 0;
 
   constructor(
     private readonly partner: PartnerConfig,
@@ -41,6 +42,9 @@ export class PartnerGuard {
       breaker: new ConsecutiveBreaker(BREAKER_CONSECUTIVE_FAILURES),
     });
     metrics.breakerState.set({ partner: partner.id }, 0);
+    this.breaker.onBreak(() => {
+      this.openedAt = Date.now();
+    });
     this.breaker.onStateChange((state) => {
       metrics.breakerState.set({ partner: partner.id }, state === CircuitState.Closed ? 0 : 1);
       logger.warn({ partner: partner.id, state: CircuitState[state] }, 'partner circuit breaker changed state');
@@ -66,7 +70,12 @@ export class PartnerGuard {
 
   /** Runs `call` unless the breaker is open or the shared rate limit is spent. */
   async run<T extends { transientFailure?: boolean }>(call: () => Promise<T>): Promise<Guarded<T>> {
-    if (this.breaker.state === CircuitState.Open) return { ok: false, deferral: { reason: 'breaker_open', retryInMs: BREAKER_HALF_OPEN_AFTER_MS } };
+    // While open, defer without spending the shared rate budget. Once the wait is over, the call goes
+    // through to execute(), which is where cockatiel moves to half-open and lets one trial call pass.
+    if (this.breaker.state === CircuitState.Open) {
+      const leftMs = this.openedAt + BREAKER_HALF_OPEN_AFTER_MS - Date.now();
+      if (leftMs > 0) return { ok: false, deferral: { reason: 'breaker_open', retryInMs: leftMs } };
+    }
     if (this.limiter) {
       try {
         await this.limiter.consume(this.partner.id, 1);

@@ -25,6 +25,8 @@ export interface SweepResult {
 }
 
 export interface ReconcilerDeps {
+  /** Longest one check of a task of `partner` can take (a status query, then maybe a dispatch). */
+  worstCheckMs: (partner: string) => number;
   repo: TaskRepository;
   checker: TaskChecker;
   metrics: Metrics;
@@ -33,7 +35,7 @@ export interface ReconcilerDeps {
   instanceId: string;
 }
 
-/** A claimed task is only checked while its claim still covers a whole check plus this margin. */
+/** A claimed task is only checked while its claim still covers its worst-case check plus this margin. */
 const LEASE_SAFETY_MARGIN_MS = 2000;
 
 /**
@@ -48,10 +50,20 @@ export class Reconciler {
   private rerunRequested = false;
   private stopped = false;
 
+  /**
+   * The lease actually taken: at least the configured one, and long enough for the slowest partner's
+   * worst-case check plus the margin, so no claim can lapse while its check is still talking to the
+   * partner (another replica would then send the same request again).
+   */
+  private readonly leaseMs: number;
+
   constructor(
     private readonly deps: ReconcilerDeps,
-    private readonly opts: ReconcilerOptions,
-  ) {}
+    private readonly opts: ReconcilerOptions & { partnerIds: readonly string[] },
+  ) {
+    const slowest = Math.max(0, ...opts.partnerIds.map((p) => deps.worstCheckMs(p)));
+    this.leaseMs = Math.max(opts.leaseMs, slowest + 2 * LEASE_SAFETY_MARGIN_MS);
+  }
 
   start(): void {
     if (this.task) return;
@@ -95,7 +107,7 @@ export class Reconciler {
       while (!this.stopped) {
         const owner = `${this.deps.instanceId}:sweep:${randomUUID()}`;
         const now = this.deps.clock.now();
-        const leaseUntil = new Date(now.getTime() + this.opts.leaseMs);
+        const leaseUntil = new Date(now.getTime() + this.leaseMs);
         const batch = await this.deps.repo.claimDue(now, this.opts.batchSize, owner, leaseUntil);
         claimed += batch.length;
         for (const task of batch) {
@@ -118,8 +130,9 @@ export class Reconciler {
   }
 
   private async checkOne(task: TaskRow, owner: string, leaseUntil: Date): Promise<void> {
-    // Waited too long for a slot: the claim may lapse mid-check, so leave the task for the next claim.
-    if (leaseUntil.getTime() - this.deps.clock.now().getTime() < LEASE_SAFETY_MARGIN_MS) return;
+    // Waited too long for a slot: the claim could lapse mid-check, so leave the task for the next claim.
+    const leftMs = leaseUntil.getTime() - this.deps.clock.now().getTime();
+    if (leftMs < this.deps.worstCheckMs(task.partner) + LEASE_SAFETY_MARGIN_MS) return;
     try {
       const outcome = await this.deps.checker.check(task, owner);
       this.deps.metrics.reconcilerChecks.inc({ partner: task.partner, outcome });
