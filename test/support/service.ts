@@ -33,6 +33,8 @@ export interface TestServiceOptions {
   clock?: Clock;
   /** Reuse a running simulator (several services over one partner). */
   simulator?: Simulator;
+  /** False: no reconciler, housekeeping or safety-net loops; the test drives them (e.g. `runtime.reconciler.runOnce()`). */
+  background?: boolean;
 }
 
 /** Writes a partners file for tests and returns its path. */
@@ -70,7 +72,12 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     ...opts.env,
   });
   const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
-  const runtime = await startRuntime({ config, logger, ...(opts.clock ? { clock: opts.clock } : {}) });
+  const runtime = await startRuntime({
+    config,
+    logger,
+    ...(opts.clock ? { clock: opts.clock } : {}),
+    ...(opts.background !== undefined ? { background: opts.background } : {}),
+  });
   const api = axios.create({
     baseURL: runtime.url,
     headers: { authorization: `Bearer ${TEST_API_KEY}` },
