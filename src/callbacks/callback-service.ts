@@ -168,8 +168,7 @@ export class CallbackService {
     for (;;) {
       const left = deadline - performance.now();
       if (left <= 0 || signal?.aborted) return undefined;
-      const timer = AbortSignal.timeout(Math.max(1, Math.min(interval, left)));
-      await this.deps.notifier.waitForCreated(partner, requestNo, signal ? AbortSignal.any([signal, timer]) : timer);
+      await this.deps.notifier.waitForCreated(partner, requestNo, Math.min(interval, left), signal);
       const look = await this.deps.inbox.lookup(inboxId);
       if (!look) return undefined;
       if (look.outcome !== 'queued' || look.task) return look;

@@ -48,7 +48,8 @@ export class Reconciler {
   private task: ScheduledTask | undefined;
   private sweeping: Promise<SweepResult> | undefined;
   private rerunRequested = false;
-  private stopped = false;
+  /** Set by stop(): a sweep in flight stops claiming and nudges are ignored. */
+  private stopping = false;
 
   /**
    * The lease actually taken: at least the configured one, and long enough for the slowest partner's
@@ -67,13 +68,13 @@ export class Reconciler {
 
   start(): void {
     if (this.task) return;
-    this.stopped = false;
+    this.stopping = false;
     this.task = cron.schedule(this.opts.cron, () => void this.runOnce(), { name: `reconciler-${this.deps.instanceId}`, noOverlap: true });
   }
 
   /** Stops the schedule and waits for the sweep in flight to finish its checks. */
   async stop(): Promise<void> {
-    this.stopped = true;
+    this.stopping = true;
     await this.task?.destroy();
     this.task = undefined;
     await this.sweeping;
@@ -83,7 +84,7 @@ export class Reconciler {
   runOnce(): Promise<SweepResult> {
     this.sweeping ??= this.sweep().finally(() => {
       this.sweeping = undefined;
-      if (this.rerunRequested && !this.stopped) {
+      if (this.rerunRequested && !this.stopping) {
         this.rerunRequested = false;
         void this.runOnce();
       }
@@ -91,9 +92,12 @@ export class Reconciler {
     return this.sweeping;
   }
 
-  /** Something became due now (an on-demand check): sweep right away rather than at the next tick. */
+  /**
+   * Something became due now (an on-demand check): sweep right away rather than at the next tick. Works
+   * whether or not the cron is scheduled: the check was asked for by a request, not by the schedule.
+   */
   nudge(): void {
-    if (this.stopped) return;
+    if (this.stopping) return;
     if (this.sweeping) this.rerunRequested = true;
     else void this.runOnce();
   }
@@ -104,7 +108,7 @@ export class Reconciler {
     let claimed = 0;
     let checked = 0;
     try {
-      while (!this.stopped) {
+      while (!this.stopping) {
         const owner = `${this.deps.instanceId}:sweep:${randomUUID()}`;
         const now = this.deps.clock.now();
         const leaseUntil = new Date(now.getTime() + this.leaseMs);

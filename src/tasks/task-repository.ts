@@ -201,7 +201,7 @@ export class TaskRepository {
       ), conflict_event as (
         insert into task_events (task_id, at, from_status, to_status, source, detail)
         select cur.id, ${spec.now}, cur.status, cur.status, ${spec.source},
-               jsonb_build_object('type', 'conflict', 'reported', ${reported}::text) || coalesce(${json(detail)}, '{}'::jsonb)
+               coalesce(${json(detail)}, '{}'::jsonb) || jsonb_build_object('type', 'conflict', 'reported', ${reported}::text)
         from cur
         where ${reported}::text in ('succeeded', 'failed')
           and cur.status = any(${textArray(FINAL_STATUSES)})

@@ -82,10 +82,12 @@ export class TaskService {
     if (result.hasQueuedCallbacks) {
       // The partner already called back (it may have got the request from an earlier, lost attempt of
       // the client's): apply what it said before deciding whether a dispatch is still needed.
-      task = (await this.deps.applyQueuedCallbacks(task)) ?? task;
+      // Another path (the callback handler, the safety net, another replica) may have applied them first;
+      // then the row is read again, and a task that is no longer ours to dispatch is left alone.
+      task = (await this.deps.applyQueuedCallbacks(task)) ?? (await this.deps.repo.findById(task.id)) ?? task;
     }
     this.deps.notifier.created({ id: task.id, partner: body.partner, requestNo });
-    if (task.status === 'pending') this.deps.dispatcher.enqueue(task, leaseOwner);
+    if (task.status === 'pending' && task.lease_owner === leaseOwner) this.deps.dispatcher.enqueue(task, leaseOwner);
     return { created: true, task };
   }
 
@@ -105,8 +107,7 @@ export class TaskService {
     while (!isFinal(task.status as TaskStatus) && task.status !== 'expired' && !signal.aborted) {
       const left = deadline - Date.now();
       if (left <= 0) break;
-      const wait = AbortSignal.any([signal, AbortSignal.timeout(Math.min(left, WAIT_POLL_MS))]);
-      const changed = await this.deps.notifier.waitForChange(id, wait);
+      const changed = await this.deps.notifier.waitForChange(id, Math.min(left, WAIT_POLL_MS), signal);
       task = changed ?? (await this.get(id));
     }
     return task;

@@ -26,29 +26,34 @@ export class TaskNotifier {
     this.emitter.emit(`changed:${task.id}`, task);
   }
 
-  /** Resolves with the created task's id, or undefined when `signal` aborts first. */
-  waitForCreated(partner: string, requestNo: string, signal: AbortSignal): Promise<string | undefined> {
-    return this.once(`created:${partner}\u0000${requestNo}`, signal, (n: TaskCreatedNotice) => n.id);
+  /** Resolves with the created task's id, or undefined after `timeoutMs` or when `signal` aborts. */
+  waitForCreated(partner: string, requestNo: string, timeoutMs: number, signal?: AbortSignal): Promise<string | undefined> {
+    return this.once(`created:${partner}\u0000${requestNo}`, timeoutMs, signal, (n: TaskCreatedNotice) => n.id);
   }
 
-  /** Resolves with the task once it changes, or undefined when `signal` aborts first. */
-  waitForChange(id: string, signal: AbortSignal): Promise<TaskRow | undefined> {
-    return this.once(`changed:${id}`, signal, (t: TaskRow) => t);
+  /** Resolves with the task once it changes, or undefined after `timeoutMs` or when `signal` aborts. */
+  waitForChange(id: string, timeoutMs: number, signal?: AbortSignal): Promise<TaskRow | undefined> {
+    return this.once(`changed:${id}`, timeoutMs, signal, (t: TaskRow) => t);
   }
 
-  private once<A, R>(event: string, signal: AbortSignal, pick: (a: A) => R): Promise<R | undefined> {
+  /**
+   * A plain timer, held until the wait ends. (An AbortSignal.timeout inside AbortSignal.any is only weakly
+   * held on Node 20 and never fires once collected: waits hung forever that way.)
+   */
+  private once<A, R>(event: string, timeoutMs: number, signal: AbortSignal | undefined, pick: (a: A) => R): Promise<R | undefined> {
     return new Promise((resolve) => {
-      if (signal.aborted) return resolve(undefined);
-      const onEvent = (a: A) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(pick(a));
-      };
-      const onAbort = () => {
+      if (signal?.aborted) return resolve(undefined);
+      const finish = (value: R | undefined) => {
+        clearTimeout(timer);
         this.emitter.off(event, onEvent);
-        resolve(undefined);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(value);
       };
+      const onEvent = (a: A) => finish(pick(a));
+      const onAbort = () => finish(undefined);
+      const timer = setTimeout(onAbort, Math.max(1, Math.ceil(timeoutMs)));
       this.emitter.once(event, onEvent);
-      signal.addEventListener('abort', onAbort, { once: true });
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 }
