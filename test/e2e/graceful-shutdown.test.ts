@@ -90,8 +90,9 @@ test('SIGTERM drains: new connections refused, the request in flight answered, J
   const id = created.data.id as string;
   await eventually(async () => ((await api.get(`/v1/tasks/${id}`)).data.dispatchAttempts >= 1 ? true : undefined), 'the dispatch');
 
-  const inFlight = api.get(`/v1/tasks/${id}?waitSeconds=2`);
-  await sleep(400);
+  const inFlight = api.get(`/v1/tasks/${id}?waitSeconds=4`);
+  // Give the held request time to reach the server even on a loaded machine before the signal.
+  await sleep(1500);
   expect(svc.child.kill('SIGTERM')).toBe(true);
 
   // Stops accepting: a new connection is refused while the long-poll is still being held.
@@ -125,7 +126,7 @@ test('SIGTERM drains: new connections refused, the request in flight answered, J
   const stoppedAt = msgs.lastIndexOf('stopped');
   expect(drainingAt).toBeLessThan(stoppedAt);
   // The held request was answered (and logged) during the drain, before the process said it stopped.
-  const pollLog = logs.findIndex((l) => l.req?.url?.includes('waitSeconds=2') && l.res?.statusCode === 200);
+  const pollLog = logs.findIndex((l) => l.req?.url?.includes('waitSeconds=4') && l.res?.statusCode === 200);
   expect(pollLog).toBeGreaterThan(drainingAt);
   expect(pollLog).toBeLessThan(stoppedAt);
   // The partner's configured secret never reached the logs.
