@@ -8,7 +8,10 @@ export function callbackRoutes(service: CallbackService, maxBodyBytes: number): 
   const rawBody = express.raw({ type: () => true, limit: maxBodyBytes });
   router.post('/v1/callbacks/:partner', rawBody, async (req, res) => {
     const gone = new AbortController();
-    res.on('close', () => gone.abort());
+    res.on('close', () => {
+      // Only a client that left before its answer is "gone"; aborting after every answer costs a DOMException.
+      if (!res.writableFinished) gone.abort();
+    });
     const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
     const answer = await service.receive(req.params.partner, body, req.headers, gone.signal);
     res.status(answer.status).json({ outcome: answer.outcome });

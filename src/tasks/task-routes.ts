@@ -33,7 +33,10 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
     }
     // Stop waiting as soon as the client goes away.
     const gone = new AbortController();
-    res.on('close', () => gone.abort());
+    res.on('close', () => {
+      // Only a client that left before its answer is "gone"; aborting after every answer costs a DOMException.
+      if (!res.writableFinished) gone.abort();
+    });
     res.json(toApiTask(await service.getWhenFinal(req.params.id, waitSeconds, gone.signal)));
   });
 
