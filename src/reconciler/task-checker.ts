@@ -73,33 +73,13 @@ export class TaskChecker {
       case 'error': {
         this.deps.metrics.partnerErrors.inc({ partner: partner.id, operation: 'status', class: answer.error.class });
         const delay = answer.retryAfterMs !== undefined ? Math.min(answer.retryAfterMs, RETRY_AFTER_CAP_MS) : checkDelayMs(partner, task.check_attempts);
-        const r = await this.deps.transitions.apply(partner.id, {
-          taskId: task.id,
-          to: task.status as 'pending' | 'dispatched',
-          from: [task.status as 'pending' | 'dispatched'],
-          source: 'poll',
-          now,
-          fence,
-          detail: { type: 'check', outcome: 'error', error: answer.error },
-          changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, delay, task) },
-        });
-        return r.outcome === 'applied' ? 'error' : 'fenced_out';
+        return this.stayOpen(task, fence, now, delay, 'error', { detail: { type: 'check', outcome: 'error', error: answer.error } });
       }
       case 'found': {
         const report = answer.report;
         if (report.status === 'processing' && task.status === 'dispatched') {
           // Routine: still working. Count the check, schedule the next one; no event row.
-          const r = await this.deps.transitions.apply(partner.id, {
-            taskId: task.id,
-            to: 'dispatched',
-            from: ['dispatched'],
-            source: 'poll',
-            now,
-            fence,
-            quiet: true,
-            changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, checkDelayMs(partner, task.check_attempts + 1), task) },
-          });
-          return r.outcome === 'applied' ? 'processing' : 'fenced_out';
+          return this.stayOpen(task, fence, now, checkDelayMs(partner, task.check_attempts + 1), 'processing', { quiet: true });
         }
         const spec = transitionForReport(partner, task, report, 'poll', now);
         const r = await this.deps.transitions.apply(partner.id, {
@@ -118,17 +98,9 @@ export class TaskChecker {
   private async onNotFound(partner: PartnerConfig, task: TaskRow, fence: string, now: Date): Promise<CheckOutcome> {
     if (task.status === 'dispatched') {
       // It confirmed receipt before and has lost it since: keep asking on schedule; expiry flags it.
-      const r = await this.deps.transitions.apply(partner.id, {
-        taskId: task.id,
-        to: 'dispatched',
-        from: ['dispatched'],
-        source: 'poll',
-        now,
-        fence,
+      return this.stayOpen(task, fence, now, checkDelayMs(partner, task.check_attempts + 1), 'not_found', {
         detail: { type: 'check', outcome: 'not_found', note: 'partner no longer knows a request it confirmed' },
-        changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, checkDelayMs(partner, task.check_attempts + 1), task) },
       });
-      return r.outcome === 'applied' ? 'not_found' : 'fenced_out';
     }
     if (task.dispatch_attempts >= partner.dispatch.maxAttempts) {
       const r = await this.deps.transitions.apply(partner.id, {
@@ -165,6 +137,29 @@ export class TaskChecker {
       changes: { nextCheckAt: null },
     });
     return r.outcome === 'applied' ? 'expired' : 'fenced_out';
+  }
+
+  /** The task keeps its status: count the check and schedule the next one `delayMs` from now. */
+  private async stayOpen(
+    task: TaskRow,
+    fence: string,
+    now: Date,
+    delayMs: number,
+    outcome: CheckOutcome,
+    opts: { quiet?: boolean; detail?: Record<string, unknown> },
+  ): Promise<CheckOutcome> {
+    const status = task.status as 'pending' | 'dispatched';
+    const r = await this.deps.transitions.apply(task.partner, {
+      taskId: task.id,
+      to: status,
+      from: [status],
+      source: 'poll',
+      now,
+      fence,
+      ...opts,
+      changes: { incrementCheckAttempts: true, nextCheckAt: this.next(now, delayMs, task) },
+    });
+    return r.outcome === 'applied' ? outcome : 'fenced_out';
   }
 
   private next(now: Date, delayMs: number, task: TaskRow): Date {

@@ -6,7 +6,7 @@ import { sql } from 'kysely';
 import type { ApiTask } from '../../src/tasks/task-schemas';
 import type { TestDatabase } from '../support/database';
 import { eventually, TEST_API_KEY, TEST_SECRET } from '../support/service';
-import { Limiter } from './callback-helpers';
+import { Limiter, type ApiEvent } from './callback-helpers';
 import { parseMetrics, type MetricSample } from './helpers';
 
 /**
@@ -28,25 +28,7 @@ export function simPartner(id: string, overrides: Record<string, unknown> = {}, 
   };
 }
 
-export async function getTask(api: AxiosInstance, id: string): Promise<ApiTask> {
-  const res = await api.get(`/v1/tasks/${id}`);
-  if (res.status !== 200) throw new Error(`GET task answered ${res.status}: ${JSON.stringify(res.data)}`);
-  return res.data as ApiTask;
-}
-
-export interface ApiEvent {
-  at: string;
-  from: string | null;
-  to: string;
-  source: string;
-  detail: Record<string, unknown> | null;
-}
-
-export async function getEvents(api: AxiosInstance, id: string): Promise<ApiEvent[]> {
-  const res = await api.get(`/v1/tasks/${id}/events`);
-  if (res.status !== 200) throw new Error(`GET events answered ${res.status}: ${JSON.stringify(res.data)}`);
-  return (res.data as { items: ApiEvent[] }).items;
-}
+export { getEvents, getTask, type ApiEvent } from './callback-helpers';
 
 /** `[from, to, source]` of each event, for compact trail assertions. */
 export function trail(events: ApiEvent[]): Array<[string | null, string, string]> {
