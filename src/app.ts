@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { Database } from './db/schema';
 import { requireApiKey } from './http/auth';
+import type { HttpDrain } from './http/drain';
 import { buildOpenApiDocument } from './http/openapi';
 import { opsRoutes } from './http/ops-routes';
 import { HttpProblem, problemHandler } from './http/problem';
@@ -20,7 +21,7 @@ export interface AppDeps {
   tasks: TaskService;
   apiKeys: readonly string[];
   maxBodyBytes: number;
-  isDraining: () => boolean;
+  drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
   openApiExtraPaths?: Record<string, unknown>;
@@ -33,7 +34,8 @@ export function buildApp(deps: AppDeps): Express {
   app.set('etag', false);
   app.set('query parser', 'simple');
   app.use(requestLogging(deps.logger));
-  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), deps.isDraining));
+  app.use(deps.drain.middleware);
+  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining));
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { buildApp } from './app';
+import { HttpDrain } from './http/drain';
 import { BackgroundLoop } from './background-loop';
 import { callbackRoutes } from './callbacks/callback-routes';
 import { CallbackService } from './callbacks/callback-service';
@@ -144,10 +145,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       partnerIds: config.partners.map((p) => p.id),
     },
   );
-  const housekeeping = new Housekeeping({ db: database.db, metrics, clock, logger, instanceId, retentionDays: config.retentionDays, gaugesCron: config.reconcileCron });
+  const housekeeping = new Housekeeping({ db: database.db, metrics, clock, logger, instanceId, retentionDays: config.retentionDays });
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
-  let draining = false;
+  const drain = new HttpDrain();
   const app = buildApp({
     db: database.db,
     logger,
@@ -156,7 +157,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     tasks,
     apiKeys: config.apiKeys,
     maxBodyBytes: config.maxBodyBytes,
-    isDraining: () => draining,
+    drain,
     partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
   });
 
@@ -174,15 +175,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   let stopped: Promise<void> | undefined;
   const stop = () =>
     (stopped ??= (async () => {
-      draining = true;
+      drain.begin();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // A kept-alive connection goes idle only once its request in flight is answered: keep closing idle
-      // ones until the server has none left, and cut the rest at the shutdown timeout.
+      // Responses during the drain carry `Connection: close` (see app.ts), so a kept-alive connection closes
+      // right after its request in flight is answered and no client sends a new request on a socket we are
+      // about to close. Idle ones close now; whatever is left is cut at the shutdown timeout.
       server.closeIdleConnections();
-      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
-      clearInterval(idleSweep);
       clearTimeout(forced);
       await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
       await dispatcher.drain();

@@ -13,7 +13,11 @@ export const SIMULATOR_CONFIG_DEFAULTS = Object.freeze({
   secrets: DEMO_PARTNER_SECRET,
   callbackDelayMs: 100,
   logLevel: 'info',
+  unknownStatus: '404',
 });
+
+/** SIM_UNKNOWN_STATUS: the status endpoint's answer for a requestNo never dispatched (see SimulatorOptions.unknownStatus). */
+const UNKNOWN_STATUS_ANSWERS = ['404', 'processing', 'succeeded', 'failed'] as const;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -32,6 +36,7 @@ const simulatorEnvSchema = z.object({
     .refine((secrets) => secrets.length > 0, 'must name at least one secret')
     .refine((secrets) => secrets.every((secret) => WEBHOOK_SECRET.test(secret)), 'every secret must look like whsec_<base64>'),
   SIM_CALLBACK_DELAY_MS: intFromEnv(0, 3_600_000).default(SIMULATOR_CONFIG_DEFAULTS.callbackDelayMs),
+  SIM_UNKNOWN_STATUS: z.enum(UNKNOWN_STATUS_ANSWERS).default(SIMULATOR_CONFIG_DEFAULTS.unknownStatus),
   LOG_LEVEL: z.enum(LOG_LEVELS).default(SIMULATOR_CONFIG_DEFAULTS.logLevel),
 });
 
@@ -43,6 +48,8 @@ export interface SimulatorConfig {
   readonly secrets: readonly string[];
   readonly callbackDelayMs: number;
   readonly logLevel: (typeof LOG_LEVELS)[number];
+  /** `'404'` (default): the protocol's "never received"; a status: answered as if the request had been received. */
+  readonly unknownStatus: (typeof UNKNOWN_STATUS_ANSWERS)[number];
 }
 
 /** Raised when the simulator's environment is invalid; the message names every bad variable. */
@@ -71,5 +78,6 @@ export function loadSimulatorConfig(env: NodeJS.ProcessEnv): SimulatorConfig {
     secrets: Object.freeze(e.SIM_SECRETS),
     callbackDelayMs: e.SIM_CALLBACK_DELAY_MS,
     logLevel: e.LOG_LEVEL,
+    unknownStatus: e.SIM_UNKNOWN_STATUS,
   });
 }

@@ -5,6 +5,8 @@ import type { Clock } from '../clock';
 import type { Database } from '../db/schema';
 import type { Metrics } from '../observability/metrics';
 
+/** The open-task gauges are refreshed every 15 s by one replica (a count over the open tasks). */
+export const GAUGES_CRON = '*/15 * * * * *';
 /** Retention runs at the start of every tenth minute; one replica does it. */
 export const RETENTION_CRON = '0 */10 * * * *';
 /** Rows deleted per statement, so retention never holds long locks or a long transaction. */
@@ -42,8 +44,6 @@ export interface HousekeepingDeps {
   logger: Logger;
   instanceId: string;
   retentionDays: number;
-  /** Schedule of the open-task gauges refresh (the reconciler's). */
-  gaugesCron: string;
 }
 
 /**
@@ -61,7 +61,7 @@ export class Housekeeping {
 
   start(): void {
     if (this.tasks.length > 0) return;
-    const gauges = cron.schedule(this.deps.gaugesCron, () => this.refreshGauges(), {
+    const gauges = cron.schedule(GAUGES_CRON, () => this.refreshGauges(), {
       name: 'open-task-gauges',
       distributed: true,
       runCoordinator: this.coordinator,

@@ -105,6 +105,7 @@ export class Reconciler {
   private async sweep(): Promise<SweepResult> {
     const started = performance.now();
     const inFlight = new Set<Promise<void>>();
+    const flushes = new Set<Promise<void>>();
     let claimed = 0;
     let checked = 0;
     try {
@@ -114,17 +115,25 @@ export class Reconciler {
         const leaseUntil = new Date(now.getTime() + this.leaseMs);
         const batch = await this.deps.repo.claimDue(now, this.opts.batchSize, owner, leaseUntil);
         claimed += batch.length;
+        const routine: Array<{ id: string; nextCheckAt: Date }> = [];
+        const runs: Promise<void>[] = [];
         for (const task of batch) {
           while (inFlight.size >= this.opts.concurrency) await Promise.race(inFlight);
-          const run = this.checkOne(task, owner, leaseUntil).finally(() => inFlight.delete(run));
+          const run = this.checkOne(task, owner, leaseUntil, routine).finally(() => inFlight.delete(run));
           inFlight.add(run);
+          runs.push(run);
           checked++;
         }
+        // Once every check of this claim is done, its routine results go in one statement (well within
+        // the lease: a claim that lapsed first just gets checked again).
+        const written = Promise.all(runs).then(() => this.writeRoutine(owner, routine));
+        flushes.add(written);
         if (batch.length < this.opts.batchSize) break;
       }
       await Promise.all(inFlight);
+      await Promise.all(flushes);
     } catch (err) {
-      await Promise.allSettled(inFlight);
+      await Promise.allSettled([...inFlight, ...flushes]);
       this.deps.logger.error({ err }, 'reconciler sweep failed');
     }
     const durationMs = performance.now() - started;
@@ -133,12 +142,21 @@ export class Reconciler {
     return { claimed, checked, durationMs };
   }
 
-  private async checkOne(task: TaskRow, owner: string, leaseUntil: Date): Promise<void> {
+  private async writeRoutine(owner: string, routine: Array<{ id: string; nextCheckAt: Date }>): Promise<void> {
+    try {
+      await this.deps.repo.recordRoutineChecks(owner, this.deps.clock.now(), routine);
+    } catch (err) {
+      // Not written: the claims lapse and these tasks are simply checked again.
+      this.deps.logger.error({ err, count: routine.length }, 'could not record routine checks');
+    }
+  }
+
+  private async checkOne(task: TaskRow, owner: string, leaseUntil: Date, routine: Array<{ id: string; nextCheckAt: Date }>): Promise<void> {
     // Waited too long for a slot: the claim could lapse mid-check, so leave the task for the next claim.
     const leftMs = leaseUntil.getTime() - this.deps.clock.now().getTime();
     if (leftMs < this.deps.worstCheckMs(task.partner) + LEASE_SAFETY_MARGIN_MS) return;
     try {
-      const outcome = await this.deps.checker.check(task, owner);
+      const outcome = await this.deps.checker.check(task, owner, routine);
       this.deps.metrics.reconcilerChecks.inc({ partner: task.partner, outcome });
     } catch (err) {
       // The claim lapses and the task is checked again; nothing is lost.

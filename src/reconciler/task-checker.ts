@@ -51,7 +51,11 @@ export interface TaskCheckerDeps {
 export class TaskChecker {
   constructor(private readonly deps: TaskCheckerDeps) {}
 
-  async check(task: TaskRow, fence: string): Promise<CheckOutcome> {
+  /**
+   * @param routine where to put a routine "still processing" result instead of writing it at once; the
+   *   sweep writes a whole batch of them in one statement (they change nothing but the schedule).
+   */
+  async check(task: TaskRow, fence: string, routine?: Array<{ id: string; nextCheckAt: Date }>): Promise<CheckOutcome> {
     const client = this.deps.partners.get(task.partner);
     if (!client) {
       this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task of a partner that is no longer configured');
@@ -79,6 +83,11 @@ export class TaskChecker {
         const report = answer.report;
         if (report.status === 'processing' && task.status === 'dispatched') {
           // Routine: still working. Count the check, schedule the next one; no event row.
+          const delayMs = checkDelayMs(partner, task.check_attempts + 1);
+          if (routine) {
+            routine.push({ id: task.id, nextCheckAt: this.next(now, delayMs, task) });
+            return 'processing';
+          }
           return this.stayOpen(task, fence, now, checkDelayMs(partner, task.check_attempts + 1), 'processing', { quiet: true });
         }
         const spec = transitionForReport(partner, task, report, 'poll', now);

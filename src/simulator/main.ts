@@ -14,6 +14,7 @@ async function main(): Promise<void> {
     port: config.port,
     secrets: [...config.secrets],
     defaultCallbackDelayMs: config.callbackDelayMs,
+    unknownStatus: config.unknownStatus,
     logger,
   });
   logger.info({ url: simulator.url }, 'partner simulator listening');

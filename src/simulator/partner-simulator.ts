@@ -9,6 +9,7 @@ import {
   type CallbackDirective,
   type DispatchDirective,
   type FinalStatus,
+  type PartnerStatus,
   type StatusDirective,
 } from './directives';
 import { sendJson } from './json-http';
@@ -18,11 +19,21 @@ import { SimulatorState, type RequestRecord } from './simulator-state';
 /** Answer of a dispatch without directives: accepted, outcome to follow. */
 const DEFAULT_DISPATCH_STATUS = 202;
 
+/**
+ * What the status endpoint answers for a requestNo it never received: `'404'` (the protocol's "never
+ * received", the default) or a status, as if the request had been received earlier (by another instance
+ * of the partner, say). Benchmarks use a status so tasks seeded straight into the database can be polled
+ * without dispatching each one first.
+ */
+export type UnknownStatusAnswer = '404' | PartnerStatus;
+
 /** Settings the behaviour needs; the HTTP layer owns host, port and paths. */
 export interface PartnerBehaviourOptions {
   secrets: readonly string[];
   defaultCallbackDelayMs: number;
   logger: Logger;
+  /** Default `'404'`. */
+  unknownStatus?: UnknownStatusAnswer;
 }
 
 /** A dispatch body that passed the protocol's shape check. */
@@ -107,7 +118,9 @@ export class PartnerSimulator {
   private reportStatus(record: RequestRecord, res: ServerResponse): void {
     const receivedAt = record.firstReceivedAt;
     if (receivedAt === undefined) {
-      sendJson(res, 404, { requestNo: record.requestNo, error: 'not found' });
+      const unknownStatus = this.options.unknownStatus ?? '404';
+      if (unknownStatus === '404') sendJson(res, 404, { requestNo: record.requestNo, error: 'not found' });
+      else sendJson(res, 200, buildReport(record.requestNo, unknownStatus, record.script));
       return;
     }
     const status = currentStatus(record, receivedAt, Date.now());

@@ -2,11 +2,12 @@ import http from 'node:http';
 import { isIP, type AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { Webhook } from 'standardwebhooks';
-import { PartnerSimulator } from './partner-simulator';
+import { PartnerSimulator, type UnknownStatusAnswer } from './partner-simulator';
 import { createSimulatorListener, REQUEST_NO_PLACEHOLDER, type SimulatorPaths } from './simulator-routes';
 import type { SimulatorStats } from './simulator-state';
 
 export type { CallbackAnswer } from './callback-sender';
+export type { UnknownStatusAnswer } from './partner-simulator';
 export type { CallbackDirective, DispatchDirective, SimulationScript, StatusDirective } from './directives';
 export type { RequestLogEntry, RequestStats, SimulatorStats, SimulatorTotals } from './simulator-state';
 
@@ -38,6 +39,11 @@ export interface SimulatorOptions {
   paths?: { dispatch?: string; status?: string };
   /** Receives debug and error logs only; nothing is logged per request at info. */
   logger?: Logger;
+  /**
+   * What the status endpoint answers for a requestNo that was never dispatched: `'404'` (default, the
+   * protocol's "never received"), or `'processing'` / `'succeeded'` / `'failed'` as if it had been.
+   */
+  unknownStatus?: UnknownStatusAnswer;
 }
 
 /** A running simulator. */
@@ -67,7 +73,12 @@ export interface Simulator {
  */
 export async function startSimulator(opts: SimulatorOptions): Promise<Simulator> {
   const settings = resolveOptions(opts);
-  const partner = new PartnerSimulator({ secrets: settings.secrets, defaultCallbackDelayMs: settings.defaultCallbackDelayMs, logger: settings.logger });
+  const partner = new PartnerSimulator({
+    secrets: settings.secrets,
+    defaultCallbackDelayMs: settings.defaultCallbackDelayMs,
+    logger: settings.logger,
+    unknownStatus: settings.unknownStatus,
+  });
   const server = http.createServer(createSimulatorListener(partner, settings.paths, settings.logger));
   server.keepAliveTimeout = SIMULATOR_DEFAULTS.keepAliveTimeoutMs;
   try {
@@ -95,6 +106,7 @@ interface ResolvedOptions {
   defaultCallbackDelayMs: number;
   paths: SimulatorPaths;
   logger: Logger;
+  unknownStatus: UnknownStatusAnswer;
 }
 
 /** Fails at start, not at the first callback, on a bad secret or path. */
@@ -117,6 +129,7 @@ function resolveOptions(opts: SimulatorOptions): ResolvedOptions {
     defaultCallbackDelayMs,
     paths,
     logger: opts.logger ?? pino({ level: 'silent' }),
+    unknownStatus: opts.unknownStatus ?? '404',
   };
 }
 

@@ -281,6 +281,22 @@ export class TaskRepository {
     return rows;
   }
 
+  /**
+   * Records many routine checks at once (the partner said "processing" for a dispatched task): count the
+   * check, set the next one, release the claim. One statement for a whole claimed batch, fenced on its
+   * owner; no event row (nothing changed). Returns how many rows it updated.
+   */
+  async recordRoutineChecks(owner: string, now: Date, checks: ReadonlyArray<{ id: string; nextCheckAt: Date }>): Promise<number> {
+    if (checks.length === 0) return 0;
+    const result = await sql`
+      update tasks t
+      set check_attempts = t.check_attempts + 1, next_check_at = v.next_check_at,
+          lease_owner = null, lease_expires_at = null, updated_at = ${now}
+      from unnest(${checks.map((c) => c.id)}::uuid[], ${checks.map((c) => c.nextCheckAt.toISOString())}::timestamptz[]) as v(id, next_check_at)
+      where t.id = v.id and t.lease_owner = ${owner} and t.status = 'dispatched'`.execute(this.db);
+    return Number(result.numAffectedRows ?? 0);
+  }
+
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */
   async releaseLease(id: string, owner: string, now: Date): Promise<void> {
     await this.db

@@ -151,10 +151,9 @@ describe('/readyz refuses when it should', () => {
     }
   });
 
-  test('503 problem once a drain has begun, while a request in flight still completes', async () => {
+  test('once a drain has begun: the request in flight completes and closes its connection, new connections are refused, /readyz answers 503', async () => {
     const otherDb = await createTestDatabase();
     const other = await startTestService({ db: otherDb });
-    // One kept-alive connection: the readiness probe queues behind the long-poll and rides the same socket.
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
       const t = await createTask(other.api, { partner: 'sim', payload: { simulate: NO_CALLBACK } });
@@ -164,14 +163,27 @@ describe('/readyz refuses when it should', () => {
         headers: { authorization: other.api.defaults.headers.authorization as string },
         validateStatus: () => true,
       });
-      const probe = axios.get(`${other.url}/readyz`, { httpAgent: agent, validateStatus: () => true });
       await sleep(300);
       const stopping = other.runtime.stop();
-      const [polled, ready] = await Promise.all([longPoll, probe]);
-      await stopping;
+      // The same app, reached through a server of the test's own: the draining service says it is not ready.
+      const side = http.createServer(other.runtime.app);
+      await new Promise<void>((resolve) => side.listen(0, '127.0.0.1', resolve));
+      const sidePort = (side.address() as { port: number }).port;
+      const ready = await axios.get(`http://127.0.0.1:${sidePort}/readyz`, { validateStatus: () => true });
+      await new Promise<void>((resolve) => side.close(() => resolve()));
+      expectProblem(ready, 503);
+
+      const polled = await longPoll;
       expect(polled.status).toBe(200);
       expect(polled.data).toMatchObject({ id: t.id, status: 'dispatched' });
-      expectProblem(ready, 503);
+      // Answered during the drain: the client is told not to reuse the connection.
+      expect(polled.headers.connection).toBe('close');
+      const refused = await axios.get(`${other.url}/healthz`).then(
+        () => 'answered',
+        (e: { code?: string }) => e.code,
+      );
+      expect(refused).toBe('ECONNREFUSED');
+      await stopping;
     } finally {
       agent.destroy();
       await other.stop();

@@ -36,7 +36,6 @@ function housekeeping(clock: ManualClock, metrics = new Metrics()): { hk: Housek
     logger: pino({ level: 'silent' }),
     instanceId: `hk-${randomUUID()}`,
     retentionDays: 30,
-    gaugesCron: '* * * * * *',
   });
   return { hk, metrics };
 }
