@@ -94,7 +94,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
 
   const metrics = new Metrics({ defaultMetrics: true });
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
-  const repo = new TaskRepository(database.db);
+  const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
   const transitions = new TaskTransitions(repo, metrics, notifier, logger);
   const dispatcher = new Dispatcher({
@@ -109,7 +109,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
   const callbacks = new CallbackService({
     partners,
-    inbox: new InboxRepository(database.db),
+    inbox: new InboxRepository(database.db, database.pool),
     tasks: repo,
     transitions,
     notifier,

@@ -1,4 +1,6 @@
 import { sql, type Kysely } from 'kysely';
+import type { Pool } from 'pg';
+import { runPrepared } from '../db/prepared';
 import type { Database, InboxOutcome, InboxRow } from '../db/schema';
 
 export interface NewInboxRow {
@@ -27,14 +29,18 @@ const json = (v: unknown) => sql`${v === undefined || v === null ? null : JSON.s
 
 /** SQL on the callback inbox. */
 export class InboxRepository {
-  constructor(private readonly db: Kysely<Database>) {}
+  /** With `pool`, the store statement runs as a named prepared statement (see runPrepared). */
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly pool?: Pool,
+  ) {}
 
   /**
    * Stores a callback unless `(partner, webhook_id)` is already there (a redelivery: `stored: false`),
    * and looks up its task in the same statement.
    */
   async store(row: NewInboxRow): Promise<StoreResult> {
-    const { rows } = await sql<{ id: number; task_id: string | null; check_attempts: number | null; expires_at: Date | null }>`
+    const { rows } = await runPrepared(this.db, this.pool, sql<{ id: number; task_id: string | null; check_attempts: number | null; expires_at: Date | null }>`
       with ins as (
         insert into callback_inbox (partner, webhook_id, request_no, reported_status, result, error, raw_body, received_at, outcome)
         values (${row.partner}, ${row.webhookId}, ${row.requestNo}, ${row.reportedStatus}, ${json(row.result)},
@@ -43,7 +49,7 @@ export class InboxRepository {
         returning id, partner, request_no
       )
       select ins.id, t.id as task_id, t.check_attempts, t.expires_at
-      from ins left join tasks t on t.partner = ins.partner and t.request_no = ins.request_no`.execute(this.db);
+      from ins left join tasks t on t.partner = ins.partner and t.request_no = ins.request_no`);
     const r = rows[0];
     if (!r) return { stored: false };
     return { stored: true, inboxId: r.id, task: r.task_id ? { id: r.task_id, check_attempts: r.check_attempts!, expires_at: r.expires_at! } : undefined };

@@ -126,7 +126,9 @@ export class Reconciler {
         }
         // Once every check of this claim is done, its routine results go in one statement (well within
         // the lease: a claim that lapsed first just gets checked again).
-        const written = Promise.all(runs).then(() => this.writeRoutine(owner, routine));
+        const written: Promise<void> = Promise.all(runs)
+          .then(() => this.writeRoutine(owner, routine))
+          .finally(() => flushes.delete(written));
         flushes.add(written);
         if (batch.length < this.opts.batchSize) break;
       }

@@ -1,4 +1,6 @@
 import { sql, type Kysely, type RawBuilder } from 'kysely';
+import type { Pool } from 'pg';
+import { runPrepared } from '../db/prepared';
 import type { Database, TaskEventRow, TaskRow } from '../db/schema';
 import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
 
@@ -91,7 +93,11 @@ const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${valu
  * never a read followed by a write.
  */
 export class TaskRepository {
-  constructor(private readonly db: Kysely<Database>) {}
+  /** With `pool`, the hot statements run as named prepared statements (see runPrepared). */
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly pool?: Pool,
+  ) {}
 
   /**
    * Inserts a task with its creation event in one statement. A concurrent or earlier task with the same
@@ -99,7 +105,7 @@ export class TaskRepository {
    * and the existing row is returned instead.
    */
   async insert(t: NewTask): Promise<InsertResult> {
-    const { rows } = await sql<TaskRow>`
+    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow>`
       with inserted as (
         insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
                            next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
@@ -116,7 +122,7 @@ export class TaskRepository {
         select 1 from callback_inbox i
         where i.partner = inserted.partner and i.request_no = inserted.request_no and i.outcome = 'queued'
       ) as has_queued_callbacks
-      from inserted`.execute(this.db);
+      from inserted`);
     const row = rows[0] as (TaskRow & { has_queued_callbacks: boolean }) | undefined;
     if (row) {
       const { has_queued_callbacks: hasQueuedCallbacks, ...task } = row;
@@ -183,7 +189,7 @@ export class TaskRepository {
     const reported = spec.reported ?? null;
 
     const inboxId = spec.inboxId ?? null;
-    const { rows } = await sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean }>`
+    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean }>`
       with inbox as (
         select id from callback_inbox where id = ${inboxId}::bigint and outcome = 'queued' for update
       ), cur as (
@@ -219,7 +225,7 @@ export class TaskRepository {
       )
       select (select status from cur) as current_status, (select count(*) from conflict_event) as conflicts,
              exists (select 1 from inbox) as inbox_claimed, upd.*
-      from (select 1) as one left join upd on true`.execute(this.db);
+      from (select 1) as one left join upd on true`);
 
     const row = rows[0]!;
     if (row.current_status === null) {
@@ -265,7 +271,7 @@ export class TaskRepository {
    * `lease_owner`, fencing the old holder out.
    */
   async claimDue(now: Date, limit: number, owner: string, leaseUntil: Date): Promise<TaskRow[]> {
-    const { rows } = await sql<TaskRow>`
+    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow>`
       with due as (
         select id from tasks
         where status in ('pending', 'dispatched') and next_check_at <= ${now}
@@ -277,7 +283,7 @@ export class TaskRepository {
       set lease_owner = ${owner}, lease_expires_at = ${leaseUntil}, next_check_at = ${leaseUntil}
       from due
       where t.id = due.id
-      returning t.*`.execute(this.db);
+      returning t.*`);
     return rows;
   }
 
@@ -288,13 +294,13 @@ export class TaskRepository {
    */
   async recordRoutineChecks(owner: string, now: Date, checks: ReadonlyArray<{ id: string; nextCheckAt: Date }>): Promise<number> {
     if (checks.length === 0) return 0;
-    const result = await sql`
+    const result = await runPrepared(this.db, this.pool, sql`
       update tasks t
       set check_attempts = t.check_attempts + 1, next_check_at = v.next_check_at,
           lease_owner = null, lease_expires_at = null, updated_at = ${now}
       from unnest(${checks.map((c) => c.id)}::uuid[], ${checks.map((c) => c.nextCheckAt.toISOString())}::timestamptz[]) as v(id, next_check_at)
-      where t.id = v.id and t.lease_owner = ${owner} and t.status = 'dispatched'`.execute(this.db);
-    return Number(result.numAffectedRows ?? 0);
+      where t.id = v.id and t.lease_owner = ${owner} and t.status = 'dispatched'`);
+    return result.rowCount;
   }
 
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */
