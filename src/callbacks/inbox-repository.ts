@@ -92,7 +92,4 @@ export class InboxRepository {
       .execute();
   }
 
-  async findByWebhookId(partner: string, webhookId: string): Promise<InboxRow | undefined> {
-    return this.db.selectFrom('callback_inbox').selectAll().where('partner', '=', partner).where('webhook_id', '=', webhookId).executeTakeFirst();
-  }
 }

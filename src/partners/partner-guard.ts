@@ -94,9 +94,6 @@ export class PartnerGuard {
     }
   }
 
-  get breakerOpen(): boolean {
-    return this.breaker.state !== CircuitState.Closed;
-  }
 }
 
 /** Spreads deferred tasks over a window so they do not all come back at the same millisecond. */

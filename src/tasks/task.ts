@@ -40,9 +40,6 @@ export function isFinal(status: TaskStatus): boolean {
   return FINAL_STATUSES.includes(status);
 }
 
-export function isOpen(status: TaskStatus): boolean {
-  return OPEN_STATUSES.includes(status);
-}
 
 /** The task status a partner's report asks for. */
 export function targetStatusFor(report: PartnerStatus): TaskStatus {

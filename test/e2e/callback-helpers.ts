@@ -241,3 +241,13 @@ export class Limiter {
     }
   }
 }
+
+/** An open, dispatched task nothing else will move: no callback, and the partner's status says processing. */
+export async function quietTask(api: AxiosInstance, partner = 'sim', prefix = 'quiet'): Promise<ApiTask> {
+  const created = await createTask(api, {
+    partner,
+    requestNo: newRequestNo(`${prefix}-${partner}`),
+    payload: { simulate: { callback: { mode: 'never' }, processingForMs: 600_000 } },
+  });
+  return waitForDispatchRecorded(api, created.id);
+}

@@ -20,6 +20,7 @@ import {
   signCallback,
   sleep,
   waitForDispatchRecorded,
+  quietTask as quietTaskOf,
 } from './callback-helpers';
 
 /**
@@ -53,15 +54,8 @@ afterAll(async () => {
   await db?.drop();
 });
 
-/** An open, dispatched task nothing else will move: no callback, and the partner's status says processing. */
-async function quietTask(partner = 'sim'): Promise<ApiTask> {
-  const created = await createTask(svc.api, {
-    partner,
-    requestNo: newRequestNo(`apply-${partner}`),
-    payload: { simulate: { callback: { mode: 'never' }, processingForMs: 600_000 } },
-  });
-  return waitForDispatchRecorded(svc.api, created.id);
-}
+/** An open task nothing else will move while the test runs (see callback-helpers). */
+const quietTask = (partner = 'sim'): Promise<ApiTask> => quietTaskOf(svc.api, partner, 'apply');
 
 async function conflictEvents(taskId: string) {
   return (await getEvents(svc.api, taskId)).filter((e) => e.detail?.type === 'conflict');

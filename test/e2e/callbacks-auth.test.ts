@@ -5,13 +5,11 @@ import { OTHER_SECRET, startTestService, TEST_SECRET, type TestService } from '.
 import type { ApiTask } from '../../src/tasks/task-schemas';
 import {
   answerOf,
-  createTask,
   expectProblem,
   getEvents,
   getTask,
   inboxCount,
   inboxRowsByWebhookId,
-  newRequestNo,
   newWebhookId,
   postCallback,
   randomSecret,
@@ -19,8 +17,8 @@ import {
   sample,
   scrape,
   signCallback,
-  waitForDispatchRecorded,
   type SignedCallback,
+  quietTask as quietTaskOf,
 } from './callback-helpers';
 
 /**
@@ -47,15 +45,8 @@ afterAll(async () => {
   await db?.drop();
 });
 
-/** An open task that nothing else will move while the test runs: no callback, status stays processing. */
-async function quietTask(partner = 'sim'): Promise<ApiTask> {
-  const created = await createTask(svc.api, {
-    partner,
-    requestNo: newRequestNo(`auth-${partner}`),
-    payload: { simulate: { callback: { mode: 'never' }, processingForMs: 600_000 } },
-  });
-  return waitForDispatchRecorded(svc.api, created.id);
-}
+/** An open task nothing else will move while the test runs (see callback-helpers). */
+const quietTask = (partner = 'sim'): Promise<ApiTask> => quietTaskOf(svc.api, partner, 'auth');
 
 function without(cb: SignedCallback, header: string): SignedCallback {
   const headers = { ...cb.headers };
