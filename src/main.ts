@@ -56,14 +56,22 @@ async function main(): Promise<void> {
       await runtime?.stop();
       await simulator?.close();
       await embedded?.stop();
-      process.exit(0);
+      await exitAfterFlush(logger, 0);
     } catch (err) {
       logger.error({ err }, 'error while draining');
-      process.exit(1);
+      await exitAfterFlush(logger, 1);
     }
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+/**
+ * Exits once every log line is written. pino writes to stdout asynchronously; exiting at once lets the
+ * exit-time synchronous flush overtake a write still in flight, so the last lines came out of order.
+ */
+function exitAfterFlush(logger: Logger, code: number): Promise<never> {
+  return new Promise(() => logger.flush(() => process.exit(code)));
 }
 
 async function startBundledSimulator(config: Config, logger: Logger): Promise<Simulator> {
