@@ -5,6 +5,7 @@ import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { buildApp } from './app';
 import { HttpDrain } from './http/drain';
+import { Lifecycle } from './http/lifecycle';
 import { BackgroundLoop } from './background-loop';
 import { callbackRoutes } from './callbacks/callback-routes';
 import { CallbackService } from './callbacks/callback-service';
@@ -14,6 +15,7 @@ import type { Config } from './config/config';
 import type { PartnerConfig } from './config/partners';
 import { openDatabase, type DatabaseHandle } from './db/database';
 import { migrateToLatest } from './db/migrator';
+import { waitForDatabase } from './db/wait-for-database';
 import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
@@ -43,6 +45,10 @@ export interface RuntimeOptions {
   port?: number;
   /** False: do not start the reconciler, housekeeping and safety net (tests drive them with runOnce). */
   background?: boolean;
+  /** Aborts the start-up wait for the database (a signal arrived meanwhile). */
+  signal?: AbortSignal;
+  /** Called once the server listens, before the database is waited for (main logs it; tests probe /readyz). */
+  onListening?: (url: string) => void;
 }
 
 /** Everything one running service holds; tests reach into it, main only starts and stops it. */
@@ -68,10 +74,11 @@ export interface Runtime {
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
   /**
-   * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
-   * back dispatches, release claims, close the pool. Safe to call twice.
+   * Drains: /readyz answers 503 for `readinessDelayMs` (default SHUTDOWN_READINESS_DELAY_MS) while requests
+   * are still served, then stop accepting, let requests in flight finish (up to the shutdown timeout),
+   * finish or hand back dispatches, release claims, close the pool. Safe to call twice.
    */
-  stop(): Promise<void>;
+  stop(opts?: { readinessDelayMs?: number }): Promise<void>;
 }
 
 /** Composition root: builds every component from one Config, migrates, listens, starts background loops. */
@@ -84,15 +91,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
   const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
-  try {
-    const applied = await migrateToLatest(database.db);
-    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-  } catch (err) {
-    await database.close();
-    throw err;
-  }
-
   const metrics = new Metrics({ defaultMetrics: true });
+  metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
@@ -149,7 +149,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   const drain = new HttpDrain();
+  const lifecycle = new Lifecycle();
   const app = buildApp({
+    lifecycle,
+    publicBaseUrl: config.publicBaseUrl,
     db: database.db,
     logger,
     metrics,
@@ -161,11 +164,36 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
   });
 
-  const server = await listen(app, config.host, opts.port ?? config.port);
+  // Listen first, then wait for the database: a live but unready process (readiness 503, API 503 +
+  // Retry-After) instead of an exit, since orchestrators do not order start-up.
+  let server: Server;
+  try {
+    server = await listen(app, config.host, opts.port ?? config.port);
+  } catch (err) {
+    partners.close();
+    await database.close();
+    throw err;
+  }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   logger.info({ url, instanceId, partners: config.partners.map((p) => p.id) }, 'callback-reconciler listening');
+  opts.onListening?.(url);
+  try {
+    await waitForDatabase(database.db, { timeoutMs: config.dbStartupTimeoutMs, logger, ...(opts.signal ? { signal: opts.signal } : {}) });
+    const applied = await migrateToLatest(database.db);
+    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+  } catch (err) {
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+    partners.close();
+    await database.close();
+    throw err;
+  }
+  lifecycle.serving();
+  logger.info('ready');
   if (opts.background !== false) {
     inboxSafetyNet.start();
     reconciler.start();
@@ -173,9 +201,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
 
   let stopped: Promise<void> | undefined;
-  const stop = () =>
+  const stop = (stopOpts: { readinessDelayMs?: number } = {}) =>
     (stopped ??= (async () => {
       drain.begin();
+      // Still serving, but /readyz says 503: load balancers take the replica out before its listener closes.
+      const readinessDelayMs = stopOpts.readinessDelayMs ?? config.shutdownReadinessDelayMs;
+      if (readinessDelayMs > 0) {
+        logger.info({ readinessDelayMs }, 'not ready; closing the listener after the readiness delay');
+        await new Promise((resolve) => setTimeout(resolve, readinessDelayMs));
+      }
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // Responses during the drain carry `Connection: close` (see app.ts), so a kept-alive connection closes
       // right after its request in flight is answered and no client sends a new request on a socket we are

@@ -22,6 +22,10 @@ export const DEFAULTS = Object.freeze({
   /** A reconciler claim outlives a stuck replica by at most this long. */
   reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
+  /** After SIGTERM, /readyz answers 503 this long before the listener closes, so load balancers stop sending first. */
+  shutdownReadinessDelayMs: 2000,
+  /** How long start-up waits for the database (with backoff) before giving up; readiness is 503 meanwhile. */
+  dbStartupTimeoutMs: 60_000,
   retentionDays: 30,
 });
 
@@ -53,6 +57,8 @@ const envSchema = z.object({
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
+  SHUTDOWN_READINESS_DELAY_MS: intFromEnv(0, 120_000).default(DEFAULTS.shutdownReadinessDelayMs),
+  DB_STARTUP_TIMEOUT_MS: intFromEnv(0, 3_600_000).default(DEFAULTS.dbStartupTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
 });
 
@@ -81,6 +87,10 @@ export interface Config {
   readonly reconcileBatchSize: number;
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
+  /** SIGTERM: how long /readyz says 503 while still serving, before the listener closes. */
+  readonly shutdownReadinessDelayMs: number;
+  /** Start-up: how long to wait for the database before exiting (0: try once). */
+  readonly dbStartupTimeoutMs: number;
   readonly retentionDays: number;
 }
 
@@ -140,6 +150,8 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    shutdownReadinessDelayMs: e.SHUTDOWN_READINESS_DELAY_MS,
+    dbStartupTimeoutMs: e.DB_STARTUP_TIMEOUT_MS,
     retentionDays: e.RETENTION_DAYS,
   });
 }

@@ -3,13 +3,14 @@ import { sql, type Kysely } from 'kysely';
 import type { Database } from '../db/schema';
 import { migrationsAreCurrent } from '../db/migrator';
 import type { Metrics } from '../observability/metrics';
+import { STARTING_RETRY_AFTER_SECONDS } from './lifecycle';
 import { sendProblem } from './problem';
 
 /** Readiness looks at the database at most this often; probes from many places must not load it. */
 const READINESS_CACHE_MS = 1000;
 
 /** Health, readiness, metrics and the OpenAPI document: no key needed. */
-export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean): Router {
+export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean, isStarting: () => boolean = () => false): Router {
   const router = Router();
   let cached: { at: number; ready: boolean; detail: string } | undefined;
 
@@ -19,8 +20,9 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
     try {
       await sql`select 1`.execute(db);
       result = (await migrationsAreCurrent(db)) ? { ready: true, detail: 'ok' } : { ready: false, detail: 'migrations are not current' };
-    } catch (err) {
-      result = { ready: false, detail: `database does not answer: ${(err as Error).message}` };
+    } catch {
+      // Never the driver's text: it can name hosts, users or SQL.
+      result = { ready: false, detail: 'the database does not answer' };
     }
     cached = { at: Date.now(), ...result };
     return result;
@@ -32,8 +34,15 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
 
   router.get('/readyz', async (_req, res) => {
     if (isDraining()) return sendProblem(res, 503, 'shutting down');
+    if (isStarting()) {
+      res.set('Retry-After', String(STARTING_RETRY_AFTER_SECONDS));
+      return sendProblem(res, 503, 'starting: waiting for the database');
+    }
     const { ready, detail } = await readiness();
-    if (!ready) return sendProblem(res, 503, detail);
+    if (!ready) {
+      res.set('Retry-After', String(STARTING_RETRY_AFTER_SECONDS));
+      return sendProblem(res, 503, detail);
+    }
     res.json({ status: 'ready' });
   });
 

@@ -2,6 +2,9 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 const PREFIX = 'callback_reconciler_';
 
+/** Gauges prom-client's default metrics name with a counter's `_total` suffix; each has a twin without it. */
+const DEPRECATED_DEFAULT_GAUGES = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 /** Latency buckets from 1 ms to 30 s: partner calls and waits span that range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -97,7 +100,59 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** Every HTTP answer, by route template (never a raw path: ids would explode the series). */
+  readonly httpRequests = new Counter({
+    name: 'http_requests_total',
+    help: 'HTTP requests answered, by method, route template and status code.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly httpRequestDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'Time from receiving an HTTP request to finishing its answer, by method and route template.',
+    labelNames: ['method', 'route'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  private pool: PoolState | undefined;
+
+  readonly dbPoolClients: Gauge<'state'> = new Gauge({
+    name: `${PREFIX}db_pool_clients`,
+    help: 'Database pool of this replica: clients by state (total, idle, waiting = requests queued for a client, max = the pool size).',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+    collect: () => {
+      const pool = this.pool;
+      if (!pool) return;
+      this.dbPoolClients.set({ state: 'total' }, pool.totalCount);
+      this.dbPoolClients.set({ state: 'idle' }, pool.idleCount);
+      this.dbPoolClients.set({ state: 'waiting' }, pool.waitingCount);
+      this.dbPoolClients.set({ state: 'max' }, pool.options.max ?? 0);
+    },
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
-    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    if (opts.defaultMetrics) {
+      // Standard names, no prefix: stock Node.js / process dashboards and alerts find them as they are.
+      collectDefaultMetrics({ register: this.registry });
+      // prom-client also exports these three gauges under a `_total` name, which Prometheus reserves for
+      // counters (`promtool check metrics` flags them); the same values stay available without the suffix.
+      for (const name of DEPRECATED_DEFAULT_GAUGES) this.registry.removeSingleMetric(name);
+    }
   }
+
+  /** Reports a pg Pool's state on every scrape (saturation: `waiting` > 0 means requests queue for a connection). */
+  observePool(pool: PoolState): void {
+    this.pool = pool;
+  }
+}
+
+/** What the pool gauge reads from a pg Pool. */
+interface PoolState {
+  readonly totalCount: number;
+  readonly idleCount: number;
+  readonly waitingCount: number;
+  readonly options: { max?: number };
 }
