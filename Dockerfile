@@ -8,7 +8,8 @@
 #
 # HOST is 0.0.0.0 in the image, so API_KEYS is required: the service refuses to start unauthenticated on a
 # non-loopback address. Without DATABASE_URL it falls back to an embedded PostgreSQL under /app/.data
-# (mount a volume there to keep it); a real deployment sets DATABASE_URL.
+# (mount a volume there to keep it), for trials only (it logs so); a real deployment sets DATABASE_URL.
+# scripts/image-check.sh builds this file with podman and proves the image (run by CI).
 
 # ---- build: compile TypeScript with every dependency ------------------------------------------------
 FROM node:24-slim AS build
@@ -34,13 +35,18 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/migrations ./dist/migrations
 # The bundled partners file (the default PARTNERS_FILE) and any other partner files shipped with the repo.
 COPY config ./config
+# PID 1: passes SIGTERM on to the service even through a shell wrapper, and reaps orphans.
+COPY scripts/container-init.sh /usr/local/bin/container-init
 # Code stays root-owned and read-only to the app; only the embedded database's folder is writable.
-RUN mkdir -p .data && chown node:node .data
+RUN chmod 0755 /usr/local/bin/container-init && mkdir -p .data && chown node:node .data
 USER node
 EXPOSE 3000
 # Liveness only (the process answers); orchestrators should gate traffic on /readyz. slim has no curl.
 # It asks 127.0.0.1, so HOST must stay 0.0.0.0 (or a loopback address) for it to pass.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-# node directly, not `npm start`: npm would rebuild (prestart) and would not forward SIGTERM for the drain.
+# node directly, not `npm start`: npm would rebuild (prestart). A shell wrapper in CMD is fine (the init
+# passes signals on to the service), e.g. to size the heap. Migrations as a separate step (no build needed):
+#   docker run --rm -e DATABASE_URL=… callback-reconciler node dist/src/db/migrate-cli.js
+ENTRYPOINT ["/usr/local/bin/container-init"]
 CMD ["node", "dist/src/main.js"]

@@ -63,7 +63,10 @@ export interface OperationSpec {
   tags: string[];
   /** `apiKey`: the client API's bearer key (adds 401); `none`: ops and partner-facing routes. */
   auth: 'apiKey' | 'none';
-  /** True when the route needs the database: documents `503` + `Retry-After` while it is unreachable. */
+  /**
+   * True for routes that need the database (and every /v1 route, which is refused while the service
+   * starts up): documents `503` + `Retry-After`.
+   */
   database: boolean;
   parameters?: OpenApiObject[];
   requestBody?: OpenApiObject;
@@ -77,7 +80,7 @@ export interface OperationSpec {
 export function operation(spec: OperationSpec): OpenApiObject {
   const responses: Record<string, OpenApiObject> = { ...spec.responses };
   if (spec.auth === 'apiKey') responses['401'] ??= problem('No or bad API key', { 'WWW-Authenticate': header('WWW-Authenticate') });
-  if (spec.database) responses['503'] ??= problem('The database is unreachable; try again after Retry-After seconds', { 'Retry-After': header('Retry-After') });
+  if (spec.database) responses['503'] ??= problem('Starting up, or the database is unreachable; try again after Retry-After seconds', { 'Retry-After': header('Retry-After') });
   responses['500'] ??= problem('Unexpected error (logged; the answer never carries internals)');
   for (const [status, response] of Object.entries(responses)) {
     responses[status] = { ...response, headers: { 'X-Request-Id': header('X-Request-Id'), ...(response.headers as object | undefined) } };
@@ -186,7 +189,8 @@ export function apiPaths(): OpenApiPaths {
         summary: 'The configured partners (never a secret or header value)',
         tags: ['partners'],
         auth: 'apiKey',
-        database: false,
+        // No database needed, but like every /v1 route it answers 503 while the service starts up.
+        database: true,
         responses: { '200': jsonOf('Partners', 'PartnerList') },
       }),
     },
