@@ -144,15 +144,15 @@ say "image size: $((size_bytes / 1000 / 1000)) MB (${size_bytes} bytes)"
 [ -n "$(podman image inspect --format '{{.Config.Healthcheck}}' "$IMAGE" | grep -v '<nil>')" ] || fail "the image has no HEALTHCHECK"
 
 # ---- non-root, migrate entry point ---------------------------------------------------------------------
-# No systemd here to time health checks: containers run with --health-interval=disable, and the check is
-# run by hand (`podman healthcheck run`).
-uid=$(podman run --rm --network host --health-interval=disable "$IMAGE" id -u)
+# No systemd here to time health checks: the service containers run with --health-interval=disable and
+# the check is run by hand (`podman healthcheck run`); the others run without it.
+uid=$(podman run --rm --network host --no-healthcheck "$IMAGE" id -u)
 [ "$uid" != 0 ] || fail "the image runs as root"
-say "runs as uid ${uid} ($(podman run --rm --network host --health-interval=disable "$IMAGE" id -un))"
+say "runs as uid ${uid} ($(podman run --rm --network host --no-healthcheck "$IMAGE" id -un))"
 psql -d postgres -qc "create database ${DB_NAME}"
 DATABASE_URL="postgres://${PGUSER}@${PGHOST}:${PGPORT}/${DB_NAME}"
 # It reads the service's environment (here a loopback HOST, so no API key is needed).
-podman run --rm --network host --health-interval=disable -e HOST=127.0.0.1 -e DATABASE_URL="$DATABASE_URL" -e LOG_LEVEL=info "$IMAGE" node dist/src/db/migrate-cli.js >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log"; fail "the migrate entry point"; }
+podman run --rm --network host --no-healthcheck -e HOST=127.0.0.1 -e DATABASE_URL="$DATABASE_URL" -e LOG_LEVEL=info "$IMAGE" node dist/src/db/migrate-cli.js >"$WORK/migrate.log" 2>&1 || { cat "$WORK/migrate.log"; fail "the migrate entry point"; }
 [ "$(psql -d "$DB_NAME" -Atc "select count(*) from kysely_migration")" -gt 0 ] || fail "migrate applied nothing"
 say "migrate entry point (node dist/src/db/migrate-cli.js): $(grep -o '"msg":"[^"]*"' "$WORK/migrate.log" | tail -n1)"
 phase_done "non-root + migrate"
@@ -187,7 +187,7 @@ wait_http() { # url expected-status seconds
 }
 
 CONTAINERS+=("ic-sim-${RUN_ID}")
-podman run -d --name "ic-sim-${RUN_ID}" --network host --health-interval=disable -e SIM_HOST=127.0.0.1 -e SIM_PORT="$SIM_PORT" -e SIM_SECRETS="$SECRET" \
+podman run -d --name "ic-sim-${RUN_ID}" --network host --no-healthcheck -e SIM_HOST=127.0.0.1 -e SIM_PORT="$SIM_PORT" -e SIM_SECRETS="$SECRET" \
   "$IMAGE" node dist/src/simulator/main.js >/dev/null
 wait_http "http://127.0.0.1:${SIM_PORT}/_sim/stats" 200 60 || { podman logs "ic-sim-${RUN_ID}" | tail -20; fail "the simulator did not start"; }
 
@@ -225,12 +225,19 @@ done
 say "task ${task_id} settled: succeeded by callback"
 phase_done "task settled via simulator"
 
+# A container's whole log, written to a file first: `podman logs | grep -q` would fail under pipefail
+# when grep stops reading early.
+logs_of() {
+  podman logs "$1" >"$WORK/$1.log" 2>&1 || true
+  cat "$WORK/$1.log"
+}
+
 stop_and_expect_zero() { # name
   local t0=$SECONDS code
   podman stop -t 30 "$1" >/dev/null
   code=$(podman inspect --format '{{.State.ExitCode}}' "$1")
   [ "$code" = 0 ] || { podman logs "$1" | tail -20; fail "$1 exited ${code} on podman stop"; }
-  podman logs "$1" 2>&1 | grep -q '"msg":"stopped"' || fail "$1 did not log its drain"
+  logs_of "$1" | grep -q '"msg":"stopped"' || fail "$1 did not log its drain"
   say "podman stop $1: exit 0 after $((SECONDS - t0)) s (drained)"
 }
 stop_and_expect_zero "ic-svc-${RUN_ID}"
@@ -240,16 +247,16 @@ WRAP_PORT=$(free_port)
 start_service "ic-wrap-${RUN_ID}" "$WRAP_PORT" sh -c 'node dist/src/main.js; echo "wrapper: service exited $?"'
 wait_http "http://127.0.0.1:${WRAP_PORT}/readyz" 200 60 || { podman logs "ic-wrap-${RUN_ID}" | tail -30; fail "the wrapped service did not get ready"; }
 stop_and_expect_zero "ic-wrap-${RUN_ID}"
-podman logs "ic-wrap-${RUN_ID}" 2>&1 | grep -q 'wrapper: service exited 0' || fail "the wrapped service did not exit 0"
+logs_of "ic-wrap-${RUN_ID}" | grep -q 'wrapper: service exited 0' || fail "the wrapped service did not exit 0"
 phase_done "podman stop (plain + shell-wrapped)"
 
 # ---- the embedded fallback, as the node user -----------------------------------------------------------
 EMB_PORT=$(free_port)
 CONTAINERS+=("ic-emb-${RUN_ID}")
 # Bundled demo partners (the simulator is started beside the service) on a loopback HOST, no DATABASE_URL.
-podman run -d --name "ic-emb-${RUN_ID}" --network host --health-interval=disable -e HOST=127.0.0.1 -e PORT="$EMB_PORT" "$IMAGE" >/dev/null
+podman run -d --name "ic-emb-${RUN_ID}" --network host --no-healthcheck -e HOST=127.0.0.1 -e PORT="$EMB_PORT" "$IMAGE" >/dev/null
 wait_http "http://127.0.0.1:${EMB_PORT}/readyz" 200 120 || { podman logs "ic-emb-${RUN_ID}" | tail -30; fail "the embedded fallback did not get ready"; }
-podman logs "ic-emb-${RUN_ID}" 2>&1 | grep -q 'NOT for production' || fail "the embedded fallback did not say it is not for production"
+logs_of "ic-emb-${RUN_ID}" | grep -q 'NOT for production' || fail "the embedded fallback did not say it is not for production"
 say "embedded fallback ready as uid $(podman exec "ic-emb-${RUN_ID}" id -u), logged as not for production"
 stop_and_expect_zero "ic-emb-${RUN_ID}"
 phase_done "embedded fallback"
