@@ -81,7 +81,7 @@ export interface Runtime {
   stop(opts?: { readinessDelayMs?: number }): Promise<void>;
 }
 
-/** Composition root: builds every component from one Config, migrates, listens, starts background loops. */
+/** Composition root: builds every component from one Config, listens (not ready yet), waits for the database, migrates, starts background loops. */
 export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const { config } = opts;
   const clock = opts.clock ?? systemClock;
