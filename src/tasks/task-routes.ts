@@ -1,6 +1,6 @@
 import express, { Router } from 'express';
 import { parseOr422, requireJsonBody } from '../http/validate';
-import { createTaskBodySchema, getTaskQuerySchema, listTasksQuerySchema } from './task-schemas';
+import { getTaskQuerySchema, listTasksQuerySchema, parseCreateTaskBody } from './task-schemas';
 import { toApiEvent, toApiTask, type TaskService } from './task-service';
 import type { PartnerRegistry } from '../partners/partner-registry';
 
@@ -10,7 +10,7 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
   const jsonBody = express.json({ limit: maxBodyBytes, type: ['application/json', 'application/*+json'] });
 
   router.post('/v1/tasks', requireJsonBody, jsonBody, async (req, res) => {
-    const body = parseOr422(createTaskBodySchema, req.body, 'task');
+    const body = parseCreateTaskBody(req.body);
     const { created, task } = await service.create(body);
     if (created) {
       res.status(201).location(`/v1/tasks/${task.id}`).json(toApiTask(task));

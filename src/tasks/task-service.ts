@@ -10,7 +10,7 @@ import type { Metrics } from '../observability/metrics';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { isFinal, type TaskStatus } from './task';
 import type { TaskRepository } from './task-repository';
-import type { ApiTask, CreateTaskBody } from './task-schemas';
+import { isValidRequestNo, type ApiTask, type CreateTaskBody } from './task-schemas';
 import type { TaskNotifier } from './task-transitions';
 
 /**
@@ -114,7 +114,10 @@ export class TaskService {
   }
 
   async getByRequestNo(partner: string, requestNo: string): Promise<TaskRow> {
-    const task = await this.deps.repo.findByRequestNo(partner, requestNo);
+    // Only a configured partner and a well-formed request number can name a task; anything else (NUL
+    // characters included, which Postgres would refuse) is answered without asking the database.
+    const possible = this.deps.partners.get(partner) !== undefined && isValidRequestNo(requestNo);
+    const task = possible ? await this.deps.repo.findByRequestNo(partner, requestNo) : undefined;
     if (!task) throw new HttpProblem(404, `partner "${partner}" has no task with requestNo "${requestNo}"`);
     return task;
   }
