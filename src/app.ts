@@ -35,7 +35,7 @@ export function buildApp(deps: AppDeps): Express {
   app.set('query parser', 'simple');
   app.use(requestLogging(deps.logger));
   app.use(deps.drain.middleware);
-  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining));
+  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer')));
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));

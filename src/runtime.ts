@@ -83,14 +83,20 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-  const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
+  // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
+  const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
   try {
-    const applied = await migrateToLatest(database.db);
+    const applied = await migrateToLatest(migration.db);
     if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-  } catch (err) {
-    await database.close();
-    throw err;
+  } finally {
+    await migration.close();
   }
+  const database = openDatabase({
+    url: databaseUrl,
+    poolSize: config.dbPoolSize,
+    connectTimeoutMs: config.dbConnectTimeoutMs,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+  });
 
   const metrics = new Metrics({ defaultMetrics: true });
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });

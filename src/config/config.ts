@@ -15,6 +15,8 @@ export const DEFAULTS = Object.freeze({
   logLevel: 'info',
   dbPoolSize: 10,
   dbConnectTimeoutMs: 5000,
+  /** Longest any one statement may run; the claim and settle statements take milliseconds. */
+  dbStatementTimeoutMs: 15_000,
   /** In-flight dispatches per process; beyond it new tasks wait for the reconciler instead of piling up sockets. */
   dispatchConcurrency: 128,
   reconcileConcurrency: 32,
@@ -48,6 +50,7 @@ const envSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel),
   DB_POOL_SIZE: intFromEnv(1, 500).default(DEFAULTS.dbPoolSize),
   DB_CONNECT_TIMEOUT_MS: intFromEnv(100, 120_000).default(DEFAULTS.dbConnectTimeoutMs),
+  DB_STATEMENT_TIMEOUT_MS: intFromEnv(100, 3_600_000).default(DEFAULTS.dbStatementTimeoutMs),
   DISPATCH_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.dispatchConcurrency),
   RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
@@ -76,6 +79,8 @@ export interface Config {
   readonly logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
   readonly dbPoolSize: number;
   readonly dbConnectTimeoutMs: number;
+  /** Postgres statement_timeout of the service's pool (migrations run without one). */
+  readonly dbStatementTimeoutMs: number;
   readonly dispatchConcurrency: number;
   readonly reconcileConcurrency: number;
   readonly reconcileBatchSize: number;
@@ -135,6 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     logLevel: e.LOG_LEVEL,
     dbPoolSize: e.DB_POOL_SIZE,
     dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,
+    dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
     dispatchConcurrency: e.DISPATCH_CONCURRENCY,
     reconcileConcurrency: e.RECONCILE_CONCURRENCY,
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
