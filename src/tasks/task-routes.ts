@@ -1,6 +1,6 @@
 import express, { Router } from 'express';
 import { parseOr422, requireJsonBody } from '../http/validate';
-import { getTaskQuerySchema, listTasksQuerySchema, parseCreateTaskBody } from './task-schemas';
+import { getTaskQuerySchema, listEventsQuerySchema, listTasksQuerySchema, parseCreateTaskBody } from './task-schemas';
 import { toApiEvent, toApiTask, type TaskService } from './task-service';
 import type { PartnerRegistry } from '../partners/partner-registry';
 
@@ -41,8 +41,9 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
   });
 
   router.get('/v1/tasks/:id/events', async (req, res) => {
-    const events = await service.events(req.params.id);
-    res.json({ items: events.map(toApiEvent) });
+    const query = parseOr422(listEventsQuerySchema, req.query, 'query');
+    const { rows, nextCursor } = await service.events(req.params.id, query);
+    res.json({ items: rows.map(toApiEvent), nextCursor });
   });
 
   router.post('/v1/tasks/:id/reconcile', async (req, res) => {
@@ -54,8 +55,17 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
   });
 
   router.get('/v1/partners', (_req, res) => {
-    res.json({ items: partners.list().map((p) => ({ id: p.config.id, baseUrl: p.config.baseUrl })) });
+    res.json({ items: partners.list().map((p) => ({ id: p.config.id, baseUrl: withoutCredentials(p.config.baseUrl) })) });
   });
 
   return router;
+}
+
+/**
+ * A base URL fit to show: no user name or password (`https://user:secret@host`) and no query string,
+ * where partners' tokens tend to hide.
+ */
+export function withoutCredentials(baseUrl: string): string {
+  const url = new URL(baseUrl);
+  return `${url.protocol}//${url.host}${url.pathname}`.replace(/\/+$/, '');
 }

@@ -100,7 +100,16 @@ export const taskEventSchema = z
   })
   .meta({ id: 'TaskEvent' });
 
-export const taskEventListSchema = z.object({ items: z.array(taskEventSchema) }).meta({ id: 'TaskEventList' });
+export const taskEventListSchema = z
+  .object({ items: z.array(taskEventSchema), nextCursor: z.string().nullable() })
+  .meta({ id: 'TaskEventList' });
+
+export const listEventsQuerySchema = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(500).default(100),
+    cursor: storableText(200).optional(),
+  })
+  .strict();
 
 export const listTasksQuerySchema = z
   .object({
