@@ -19,6 +19,7 @@ import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
+import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { Housekeeping } from './reconciler/housekeeping';
@@ -67,6 +68,8 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  /** The `waitSeconds` reads held open now, and their cap. */
+  readonly longPolls: LongPollLimit;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -155,7 +158,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   const drain = new HttpDrain();
+  const longPolls = new LongPollLimit(config.maxLongPollWaiters);
   const app = buildApp({
+    longPolls,
     db: database.db,
     logger,
     metrics,
@@ -197,7 +202,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, longPolls, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

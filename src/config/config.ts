@@ -24,6 +24,8 @@ export const DEFAULTS = Object.freeze({
   /** A reconciler claim outlives a stuck replica by at most this long. */
   reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
+  /** `waitSeconds` reads held open at once per process; beyond it they are answered at once. */
+  maxLongPollWaiters: 1000,
   retentionDays: 30,
 });
 
@@ -55,6 +57,7 @@ const envSchema = z.object({
   RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
+  MAX_LONG_POLL_WAITERS: intFromEnv(0, 1_000_000).default(DEFAULTS.maxLongPollWaiters),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
 });
@@ -86,6 +89,8 @@ export interface Config {
   readonly reconcileBatchSize: number;
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
+  /** Cap on `waitSeconds` reads held open at once in this process. */
+  readonly maxLongPollWaiters: number;
   readonly retentionDays: number;
 }
 
@@ -146,6 +151,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    maxLongPollWaiters: e.MAX_LONG_POLL_WAITERS,
     retentionDays: e.RETENTION_DAYS,
   });
 }

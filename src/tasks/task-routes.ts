@@ -4,8 +4,34 @@ import { getTaskQuerySchema, listEventsQuerySchema, listTasksQuerySchema, parseC
 import { toApiEvent, toApiTask, type TaskService } from './task-service';
 import type { PartnerRegistry } from '../partners/partner-registry';
 
+/**
+ * Counts the `waitSeconds` reads held open in this process. Each holds a socket, memory and a share of
+ * the wake-up work; past the cap a read is answered at once with the task's current state, which a
+ * long-poll client must handle anyway (the wait may end before the task is final).
+ */
+export class LongPollLimit {
+  private held = 0;
+
+  constructor(readonly max: number) {}
+
+  get active(): number {
+    return this.held;
+  }
+
+  /** Takes a place; false when all are taken. */
+  tryAcquire(): boolean {
+    if (this.held >= this.max) return false;
+    this.held++;
+    return true;
+  }
+
+  release(): void {
+    this.held--;
+  }
+}
+
 /** The client API over HTTP: parsing, status codes and headers only; the work is in TaskService. */
-export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxBodyBytes: number): Router {
+export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxBodyBytes: number, longPolls = new LongPollLimit(Number.MAX_SAFE_INTEGER)): Router {
   const router = Router();
   const jsonBody = express.json({ limit: maxBodyBytes, type: ['application/json', 'application/*+json'] });
 
@@ -27,7 +53,7 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
 
   router.get('/v1/tasks/:id', async (req, res) => {
     const { waitSeconds } = parseOr422(getTaskQuerySchema, req.query, 'query');
-    if (waitSeconds === 0) {
+    if (waitSeconds === 0 || !longPolls.tryAcquire()) {
       res.json(toApiTask(await service.get(req.params.id)));
       return;
     }
@@ -37,7 +63,11 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
       // Only a client that left before its answer is "gone"; aborting after every answer costs a DOMException.
       if (!res.writableFinished) gone.abort();
     });
-    res.json(toApiTask(await service.getWhenFinal(req.params.id, waitSeconds, gone.signal)));
+    try {
+      res.json(toApiTask(await service.getWhenFinal(req.params.id, waitSeconds, gone.signal)));
+    } finally {
+      longPolls.release();
+    }
   });
 
   router.get('/v1/tasks/:id/events', async (req, res) => {

@@ -1,5 +1,7 @@
+import type { AxiosResponse } from 'axios';
 import { createTestDatabase, type TestDatabase } from '../support/database';
-import { eventually, startTestService, type TestService } from '../support/service';
+import { eventually, startTestService, TEST_SECRET, type TestService } from '../support/service';
+import { answerOf, postCallback, report, signCallback } from './callback-helpers';
 import { createTask, expectProblem, NO_CALLBACK, uniqueRequestNo } from './helpers';
 
 /**
@@ -65,7 +67,7 @@ test('events are paginated oldest first; pages put together equal the whole trai
   const paged: unknown[] = [];
   let cursor: string | null = null;
   do {
-    const res = await svc.api.get(`/v1/tasks/${t.id}/events?limit=1${cursor ? `&cursor=${cursor}` : ''}`);
+    const res: AxiosResponse = await svc.api.get(`/v1/tasks/${t.id}/events?limit=1${cursor ? `&cursor=${cursor}` : ''}`);
     expect(res.status).toBe(200);
     expect(res.data.items.length).toBeLessThanOrEqual(1);
     paged.push(...res.data.items);
@@ -85,4 +87,41 @@ test('/v1/partners shows base URLs without user, password or query', async () =>
   const text = JSON.stringify(res.data);
   expect(text).not.toMatch(/pa55word|partner-user|t0ken/);
   expect(res.data.items).toContainEqual({ id: 'secretive', baseUrl: 'http://127.0.0.1:9/base' });
+});
+
+describe('long-poll waiters per process are capped (item 14)', () => {
+  let capped: TestService;
+  let cappedDb: TestDatabase;
+  beforeAll(async () => {
+    cappedDb = await createTestDatabase();
+    capped = await startTestService({ db: cappedDb, background: false, env: { MAX_LONG_POLL_WAITERS: '2' } });
+  });
+  afterAll(async () => {
+    await capped?.stop();
+    await cappedDb?.drop();
+  });
+
+  /** Tracks whether a request has been answered yet. */
+  function track<T>(p: Promise<T>): { promise: Promise<T>; settled: () => boolean } {
+    let done = false;
+    void p.finally(() => (done = true)).catch(() => undefined);
+    return { promise: p, settled: () => done };
+  }
+
+  test('beyond the cap a read is answered at once with the current state; places are given back', async () => {
+    for (let round = 0; round < 2; round++) {
+      const t = await createTask(capped.api, { partner: 'sim', requestNo: uniqueRequestNo('wait'), payload: { simulate: NO_CALLBACK } });
+      const waiting = [track(capped.api.get(`/v1/tasks/${t.id}?waitSeconds=30`)), track(capped.api.get(`/v1/tasks/${t.id}?waitSeconds=30`))];
+      await eventually(async () => (capped.runtime.longPolls.active === 2 ? true : undefined), 'both waits to be held');
+      const third = await capped.api.get(`/v1/tasks/${t.id}?waitSeconds=30`);
+      expect(third.status).toBe(200);
+      expect(['pending', 'dispatched']).toContain(third.data.status);
+      expect(waiting.map((w) => w.settled())).toEqual([false, false]);
+
+      const cb = await postCallback(capped.url, 'sim', signCallback(report(t.requestNo, 'succeeded'), { secret: TEST_SECRET }));
+      expect(answerOf(cb)).toBe('200 applied');
+      for (const w of waiting) expect((await w.promise).data.status).toBe('succeeded');
+      await eventually(async () => (capped.runtime.longPolls.active === 0 ? true : undefined), 'the places to be given back');
+    }
+  });
 });
