@@ -3,7 +3,8 @@ import { PartnersFileError } from './config/partners';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded-postgres';
 import { createLogger, type Logger } from './observability/logger';
 import { startRuntime, type Runtime } from './runtime';
-import { startSimulator, type Simulator } from './simulator/simulator';
+import { startBundledSimulator } from './simulator/bundled';
+import type { Simulator } from './simulator/simulator';
 
 /**
  * Process entry: config → database (embedded when DATABASE_URL is unset) → migrate → HTTP server and
@@ -72,19 +73,6 @@ async function main(): Promise<void> {
  */
 function exitAfterFlush(logger: Logger, code: number): Promise<never> {
   return new Promise(() => logger.flush(() => process.exit(code)));
-}
-
-async function startBundledSimulator(config: Config, logger: Logger): Promise<Simulator> {
-  const partner = config.partners[0]!;
-  const url = new URL(partner.baseUrl);
-  const simulator = await startSimulator({
-    host: url.hostname,
-    port: Number(url.port),
-    secrets: [...partner.callback.secrets],
-    logger: logger.child({ component: 'simulator' }),
-  });
-  logger.info({ url: simulator.url, partner: partner.id }, 'bundled partner simulator started');
-  return simulator;
 }
 
 void main();

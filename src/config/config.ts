@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import cron from 'node-cron';
@@ -126,8 +127,20 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (apiKeys.some((k) => k.length < 16)) {
     throw new ConfigError('API_KEYS: every key must be at least 16 characters');
   }
-  const usesBundledPartners = e.PARTNERS_FILE === undefined;
   const partnersFile = e.PARTNERS_FILE ?? bundledPartnersFile();
+  const usesBundledPartners = e.PARTNERS_FILE === undefined;
+  if (!isLoopbackHost(e.HOST)) {
+    // Reachable from other machines: the demo's public secret would let anyone forge callbacks, and
+    // partners would be told to call back a loopback address they cannot reach.
+    const problems: string[] = [];
+    if (usesBundledPartners || isBundledPartnersFile(partnersFile)) {
+      problems.push(`PARTNERS_FILE: required when HOST (${e.HOST}) is not a loopback address; the bundled demo partners file carries a public secret`);
+    }
+    if (e.PUBLIC_BASE_URL === undefined) {
+      problems.push(`PUBLIC_BASE_URL: required when HOST (${e.HOST}) is not a loopback address; partners call back this URL, and a default built from HOST would not reach this service`);
+    }
+    if (problems.length > 0) throw new ConfigError(`unsafe configuration:\n  ${problems.join('\n  ')}`);
+  }
   const urlHost = isIP(e.HOST) === 6 ? `[${e.HOST}]` : e.HOST === '0.0.0.0' ? '127.0.0.1' : e.HOST;
   return Object.freeze({
     databaseUrl: e.DATABASE_URL,
@@ -154,6 +167,19 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     maxLongPollWaiters: e.MAX_LONG_POLL_WAITERS,
     retentionDays: e.RETENTION_DAYS,
   });
+}
+
+/** True when `file` is the bundled demo file (or a link to it), whichever path names it. */
+function isBundledPartnersFile(file: string): boolean {
+  const real = (f: string) => {
+    try {
+      return realpathSync(f);
+    } catch {
+      return path.resolve(f);
+    }
+  };
+  const target = real(file);
+  return target === real(BUNDLED_PARTNERS_FILE) || target === real(BUNDLED_PARTNERS_FILE_FROM_SOURCE);
 }
 
 /** The bundled file sits at the repository root; __dirname differs between `dist/src/config` and `src/config`. */

@@ -34,6 +34,11 @@ export interface PartnerBehaviourOptions {
   logger: Logger;
   /** Default `'404'`. */
   unknownStatus?: UnknownStatusAnswer;
+  /**
+   * When set, callbacks go only to URLs under this base (the service's PUBLIC_BASE_URL): a dispatch naming
+   * any other callbackUrl is refused, so the simulator never signs a callback for someone else's host.
+   */
+  callbackBaseUrl?: string;
 }
 
 /** A dispatch body that passed the protocol's shape check. */
@@ -78,7 +83,7 @@ export class PartnerSimulator {
 
   /** `POST {dispatchPath}`: record the attempt, apply its directive, maybe start the callbacks. */
   async dispatch(body: unknown, idempotencyKey: string | undefined, res: ServerResponse): Promise<void> {
-    const parsed = parseDispatchBody(body);
+    const parsed = parseDispatchBody(body, this.options.callbackBaseUrl);
     if (typeof parsed === 'string') {
       sendJson(res, 400, { error: parsed });
       return;
@@ -210,12 +215,15 @@ export class PartnerSimulator {
 }
 
 /** Checks the protocol's dispatch shape; returns a problem text for a 400 when it does not fit. */
-function parseDispatchBody(body: unknown): DispatchRequest | string {
+function parseDispatchBody(body: unknown, callbackBaseUrl: string | undefined): DispatchRequest | string {
   if (!isPlainObject(body)) return 'body must be a JSON object';
   const { requestNo, payload, callbackUrl } = body;
   if (typeof requestNo !== 'string' || requestNo === '') return 'requestNo must be a non-empty string';
   if (callbackUrl !== undefined && (typeof callbackUrl !== 'string' || !/^https?:\/\//.test(callbackUrl) || !URL.canParse(callbackUrl))) {
     return 'callbackUrl must be an http(s) URL';
+  }
+  if (callbackUrl !== undefined && callbackBaseUrl !== undefined && !isUnder(callbackUrl, callbackBaseUrl)) {
+    return `callbackUrl must be under ${callbackBaseUrl}`;
   }
   return { requestNo, payload, callbackUrl };
 }
@@ -223,4 +231,12 @@ function parseDispatchBody(body: unknown): DispatchRequest | string {
 function finalBodyStatus(directive: DispatchDirective): FinalStatus | undefined {
   const bodyStatus = directive.bodyStatus;
   return bodyStatus === 'succeeded' || bodyStatus === 'failed' ? bodyStatus : undefined;
+}
+
+/** True when `url` has the origin of `base` and a path below base's path (compared after URL parsing). */
+function isUnder(url: string, base: string): boolean {
+  const u = new URL(url);
+  const b = new URL(base);
+  const basePath = b.pathname.endsWith('/') ? b.pathname : `${b.pathname}/`;
+  return u.origin === b.origin && u.username === '' && u.password === '' && u.pathname.startsWith(basePath);
 }

@@ -44,6 +44,8 @@ export interface SimulatorOptions {
    * protocol's "never received"), or `'processing'` / `'succeeded'` / `'failed'` as if it had been.
    */
   unknownStatus?: UnknownStatusAnswer;
+  /** Callbacks only to URLs under this base (see PartnerBehaviourOptions.callbackBaseUrl); unset: anywhere. */
+  callbackBaseUrl?: string;
 }
 
 /** A running simulator. */
@@ -78,6 +80,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<Simulator>
     defaultCallbackDelayMs: settings.defaultCallbackDelayMs,
     logger: settings.logger,
     unknownStatus: settings.unknownStatus,
+    ...(opts.callbackBaseUrl !== undefined ? { callbackBaseUrl: opts.callbackBaseUrl } : {}),
   });
   const server = http.createServer(createSimulatorListener(partner, settings.paths, settings.logger));
   server.keepAliveTimeout = SIMULATOR_DEFAULTS.keepAliveTimeoutMs;
