@@ -1,6 +1,6 @@
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { PartnersFileError } from './config/partners';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded-postgres';
+import { EmbeddedPostgresError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded-postgres';
 import { createLogger, type Logger } from './observability/logger';
 import { startRuntime, type Runtime } from './runtime';
 import { startBundledSimulator } from './simulator/bundled';
@@ -34,6 +34,12 @@ async function main(): Promise<void> {
     if (config.usesBundledPartners) simulator = await startBundledSimulator(config, logger);
     runtime = await startRuntime({ config, ...(embedded ? { databaseUrl: embedded.url } : {}), logger });
   } catch (err) {
+    if (err instanceof EmbeddedPostgresError) {
+      // One clear line that says what to do, not a stack from a child process.
+      process.stderr.write(`callback-reconciler: ${err.message}\n`);
+      await simulator?.close();
+      await exitAfterFlush(logger, 1);
+    }
     logger.fatal({ err }, 'start-up failed');
     await simulator?.close();
     await embedded?.stop();
