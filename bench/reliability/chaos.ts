@@ -46,9 +46,9 @@ function options(): Options {
   const a = parseArgs(process.argv.slice(2), { short: 'flag', seconds: 'number', replicas: 'number', rate: 'number', seed: 'number', 'settle-seconds': 'number' });
   const short = a['short'] === true;
   return {
-    seconds: (a['seconds'] as number | undefined) ?? (short ? 50 : 180),
+    seconds: (a['seconds'] as number | undefined) ?? (short ? 45 : 180),
     replicas: Math.max(2, (a['replicas'] as number | undefined) ?? 3),
-    rate: (a['rate'] as number | undefined) ?? (short ? 8 : 12),
+    rate: (a['rate'] as number | undefined) ?? (short ? 6 : 12),
     seed: (a['seed'] as number | undefined) ?? Math.floor(Math.random() * 2 ** 31),
     settleSeconds: (a['settle-seconds'] as number | undefined) ?? 120,
   };
@@ -85,7 +85,7 @@ async function main(): Promise<number> {
 
   try {
     log(`seed ${opts.seed}; ${opts.replicas} replicas, ${opts.rate} creates/s for ${opts.seconds} s; logs in ${tmpDir}`);
-    const pg = await RestartablePostgres.create(log);
+    const pg = await RestartablePostgres.create(log, path.join(tmpDir, 'postgres.log'));
     td.add('destroy PostgreSQL', () => pg.destroy());
     await pg.query('postgres', 'create database chaos');
     const databaseUrl = pg.urlFor('chaos');
@@ -146,7 +146,8 @@ async function main(): Promise<number> {
       scripts: CHAOS_SCRIPTS,
       random,
       prefix: `c${opts.seed.toString(36)}`,
-      giveUpAfterMs: 90_000,
+      // A client that keeps trying as long as the run lasts: 'told' then depends on availability only.
+      giveUpAfterMs: 300_000,
     });
     load.start();
     mark(`load started: ${opts.rate} creates/s through the load balancer`);

@@ -1,10 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
-import { freePort } from '../support/ports';
+import { stablePort } from './common';
 
 /**
  * A PostgreSQL of the suite's own, in a temporary directory on a fixed port, that can be restarted
@@ -28,10 +29,11 @@ export class RestartablePostgres {
     private readonly postgresBin: string,
     private readonly ids: { uid?: number; gid?: number },
     private readonly log: (message: string) => void,
+    private readonly logFile: string | undefined,
   ) {}
 
   /** Initialises a cluster in a fresh temporary directory and starts it. */
-  static async create(log: (message: string) => void): Promise<RestartablePostgres> {
+  static async create(log: (message: string) => void, logFile?: string): Promise<RestartablePostgres> {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'chaos-pg-'));
     // As root the server runs as `postgres`, which must be able to enter the directory.
     await chmod(dir, 0o755);
@@ -46,7 +48,7 @@ export class RestartablePostgres {
     log(`initialising a throwaway PostgreSQL in ${databaseDir}`);
     await init.initialise();
     const ids = asRoot ? postgresUserIds() : {};
-    const server = new RestartablePostgres(dir, await freePort(), password, postgres, ids, log);
+    const server = new RestartablePostgres(dir, await stablePort(), password, postgres, ids, log, logFile);
     await server.start();
     return server;
   }
@@ -81,6 +83,7 @@ export class RestartablePostgres {
     );
     this.process = child;
     child.stderr?.on('data', (chunk: Buffer) => {
+      if (this.logFile) appendFileSync(this.logFile, chunk);
       this.logTail.push(...chunk.toString('utf8').trimEnd().split('\n'));
       this.logTail = this.logTail.slice(-30);
     });
@@ -140,7 +143,7 @@ export class RestartablePostgres {
   }
 
   private async accepts(): Promise<boolean> {
-    const client = new Client({ connectionString: this.url, connectionTimeoutMillis: 1000 });
+    const client = new Client({ connectionString: this.url, connectionTimeoutMillis: 5000 });
     client.on('error', () => undefined);
     try {
       await client.connect();
