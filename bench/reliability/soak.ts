@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { openBenchPostgres } from '../support/database';
@@ -149,8 +148,6 @@ async function main(): Promise<number> {
     const poolSize = 10;
 
     // ---- load ----
-    const agent = new http.Agent({ keepAlive: true, maxSockets: 128 });
-    td.add('destroy agent', () => agent.destroy());
     const base = service.url;
     let counters = emptyCounters();
     const recent: Array<{ id: string; requestNo: string }> = [];
@@ -159,6 +156,8 @@ async function main(): Promise<number> {
 
     const call = async (method: string, route: string, body?: unknown, timeoutMs = 15_000): Promise<{ status: number; data: unknown } | undefined> => {
       const started = performance.now();
+      const kind = `${method} ${route.split('?')[0]!.replace(/\/[0-9a-f-]{36}/, '/{id}').replace(/\/tasks\/[^/]+$/, '/tasks/{requestNo}')}`;
+      counters.requests[kind] = (counters.requests[kind] ?? 0) + 1;
       try {
         const res = await fetch(`${base}${route}`, {
           method,
@@ -167,8 +166,6 @@ async function main(): Promise<number> {
           signal: AbortSignal.timeout(timeoutMs),
         });
         const data = (await res.json().catch(() => undefined)) as unknown;
-        const kind = `${method} ${route.split('?')[0]!.replace(/\/[0-9a-f-]{36}/, '/{id}').replace(/\/tasks\/[^/]+$/, '/tasks/{requestNo}')}`;
-        counters.requests[kind] = (counters.requests[kind] ?? 0) + 1;
         if (res.status >= 500 || (res.status >= 400 && res.status !== 404)) counters.errors += 1;
         if (method === 'POST' && route === '/v1/tasks') counters.createMs.push(performance.now() - started);
         return { status: res.status, data };
@@ -231,17 +228,22 @@ async function main(): Promise<number> {
     // ---- sampling ----
     const samples: Sample[] = [];
     const sampleOnce = async () => {
+      // RSS comes from /proc and is kept even when the scrape fails (a saturated service answers late).
       const mem = readMemoryKb(pid);
-      const metrics = await scrape(`${base}/metrics`);
+      const metrics = await scrape(`${base}/metrics`).catch((err: Error) => {
+        log(`metrics scrape failed: ${err.message}`);
+        return new Map<string, number>();
+      });
+      const get = (name: string) => metrics.get(name) ?? Number.NaN;
       samples.push({
         at: Date.now(),
         rssMb: (mem?.rssKb ?? Number.NaN) / 1024,
-        heapUsedMb: (metrics.get('callback_reconciler_nodejs_heap_size_used_bytes') ?? Number.NaN) / 2 ** 20,
-        lagP99Ms: (metrics.get('callback_reconciler_nodejs_eventloop_lag_p99_seconds') ?? Number.NaN) * 1000,
-        lagMaxMs: (metrics.get('callback_reconciler_nodejs_eventloop_lag_max_seconds') ?? Number.NaN) * 1000,
-        poolBusy: metrics.get('callback_reconciler_db_pool_connections{state="busy"}') ?? Number.NaN,
-        poolIdle: metrics.get('callback_reconciler_db_pool_connections{state="idle"}') ?? Number.NaN,
-        poolWaiting: metrics.get('callback_reconciler_db_pool_waiting') ?? Number.NaN,
+        heapUsedMb: get('callback_reconciler_nodejs_heap_size_used_bytes') / 2 ** 20,
+        lagP99Ms: get('callback_reconciler_nodejs_eventloop_lag_p99_seconds') * 1000,
+        lagMaxMs: get('callback_reconciler_nodejs_eventloop_lag_max_seconds') * 1000,
+        poolBusy: get('callback_reconciler_db_pool_connections{state="busy"}'),
+        poolIdle: get('callback_reconciler_db_pool_connections{state="idle"}'),
+        poolWaiting: get('callback_reconciler_db_pool_waiting'),
       });
     };
     const rows: MinuteRow[] = [];
@@ -252,7 +254,7 @@ async function main(): Promise<number> {
       const minuteSamples: Sample[] = [];
       while (Date.now() - minuteStart < 60_000 - SAMPLE_EVERY_MS / 2) {
         await sleep(SAMPLE_EVERY_MS);
-        await sampleOnce().catch((err: Error) => log(`sample failed: ${err.message}`));
+        await sampleOnce();
         const s = samples.at(-1);
         if (s && s.at >= minuteStart) minuteSamples.push(s);
       }
@@ -267,7 +269,10 @@ async function main(): Promise<number> {
       );
       const med = (xs: number[]) => percentile(xs.filter(Number.isFinite), 50);
       const max = (xs: number[]) => Math.max(...xs.filter(Number.isFinite));
-      const mean = (xs: number[]) => xs.filter(Number.isFinite).reduce((a, b) => a + b, 0) / Math.max(1, xs.filter(Number.isFinite).length);
+      const mean = (xs: number[]) => {
+        const finite = xs.filter(Number.isFinite);
+        return finite.length ? finite.reduce((a, b) => a + b, 0) / finite.length : Number.NaN;
+      };
       const row: MinuteRow = {
         minute,
         warmup: minute <= opts.warmup,
@@ -368,7 +373,7 @@ function renderRow(r: MinuteRow): string[] {
 
 /** Prometheus text → map of `name` or `name{labels}` to value. */
 async function scrape(url: string): Promise<Map<string, number>> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  const res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
   const text = await res.text();
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {

@@ -23,3 +23,8 @@ test('pool: occasional waiters pass; a growing queue fails', () => {
   expect(poolFlat([0, 1, 2, 3, 4]).ok).toBe(false);
   expect(poolFlat([0.1, 0, 0, 3]).ok).toBe(false);
 });
+
+test('a minute without a sample (NaN) can never pass as flat', () => {
+  expect(rssFlat([150, Number.NaN, 151]).ok).toBe(false);
+  expect(poolFlat([0, Number.NaN]).ok).toBe(false);
+});
