@@ -40,10 +40,12 @@ interface Options {
   rate: number;
   seed: number;
   settleSeconds: number;
+  /** Keep the service, simulator and PostgreSQL logs even when the run passes. */
+  keepLogs: boolean;
 }
 
 function options(): Options {
-  const a = parseArgs(process.argv.slice(2), { short: 'flag', seconds: 'number', replicas: 'number', rate: 'number', seed: 'number', 'settle-seconds': 'number' });
+  const a = parseArgs(process.argv.slice(2), { short: 'flag', 'keep-logs': 'flag', seconds: 'number', replicas: 'number', rate: 'number', seed: 'number', 'settle-seconds': 'number' });
   const short = a['short'] === true;
   return {
     seconds: (a['seconds'] as number | undefined) ?? (short ? 45 : 180),
@@ -51,6 +53,7 @@ function options(): Options {
     rate: (a['rate'] as number | undefined) ?? (short ? 6 : 12),
     seed: (a['seed'] as number | undefined) ?? Math.floor(Math.random() * 2 ** 31),
     settleSeconds: (a['settle-seconds'] as number | undefined) ?? 120,
+    keepLogs: a['keep-logs'] === true,
   };
 }
 
@@ -309,8 +312,8 @@ async function main(): Promise<number> {
     process.stdout.write(`${markdown}\n`);
     const files = await writeResults('chaos-latest', markdown, { commit, options: opts, chaos: chaosFigures, accounting: result, timeline, logFindings, simulatorTotals: simStats.totals });
     log(`written: ${files.join(', ')}`);
-    keepTmp = !result.ok;
-    if (keepTmp) log(`service and simulator logs kept in ${tmpDir}`);
+    keepTmp = !result.ok || opts.keepLogs;
+    if (keepTmp) log(`service, simulator and PostgreSQL logs kept in ${tmpDir}`);
     return result.ok ? 0 : 1;
   } finally {
     await td.run();

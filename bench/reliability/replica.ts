@@ -20,6 +20,8 @@ export interface ReplicaOptions {
  */
 export class Replica {
   private handle: ChildHandle | undefined;
+  /** Every process ever started, so stop() can make sure none outlives the run. */
+  private readonly started: ChildHandle[] = [];
   private starting: Promise<void> | undefined;
   private wanted = false;
   /** Answered /readyz since it was last started; cleared when killed. */
@@ -50,6 +52,8 @@ export class Replica {
   /** Starts the process and resolves once /readyz answers 200, retrying failed starts. */
   start(): Promise<void> {
     this.wanted = true;
+    // Already running: a second process would fail on the port and, worse, orphan this one.
+    if (!this.starting && this.alive) return Promise.resolve();
     this.starting ??= this.startUntilReady().finally(() => {
       this.starting = undefined;
     });
@@ -74,7 +78,7 @@ export class Replica {
     this.wanted = false;
     this.ready = false;
     await this.starting?.catch(() => undefined);
-    await this.handle?.stop({ timeoutMs: 20_000 });
+    await Promise.all(this.started.map((h) => h.stop({ timeoutMs: 20_000 })));
   }
 
   private async startUntilReady(): Promise<void> {
@@ -90,6 +94,7 @@ export class Replica {
         logFile: this.opts.logFile,
       });
       this.handle = handle;
+      this.started.push(handle);
       try {
         await waitForHttpOk(`${this.url}/readyz`, { process: handle, timeoutMs: 60_000, intervalMs: 100 });
         this.ready = this.wanted;
