@@ -102,6 +102,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
 
   const metrics = new Metrics({ defaultMetrics: true });
+  metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();

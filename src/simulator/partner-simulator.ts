@@ -57,6 +57,8 @@ export class PartnerSimulator {
   private readonly timers = new CancellableTimers();
   private readonly sender: CallbackSender;
   private down = false;
+  /** While above 0, every dispatch (after its receipt is recorded) and status query waits this long first. */
+  private slowMs = 0;
   private closed = false;
 
   constructor(private readonly options: PartnerBehaviourOptions) {
@@ -65,6 +67,16 @@ export class PartnerSimulator {
 
   setDown(down: boolean): void {
     this.down = down;
+  }
+
+  /**
+   * A partner that is up but slow: while `delayMs` > 0, every dispatch and status query is answered only
+   * after `delayMs` (a dispatch is received on arrival, as with the `delayMs` directive), so a caller
+   * whose timeout is shorter sees ambiguous dispatches and timed-out status queries. 0 ends it.
+   */
+  setSlow(delayMs: number): void {
+    if (!Number.isInteger(delayMs) || delayMs < 0) throw new RangeError(`delayMs must be an integer >= 0, got ${delayMs}`);
+    this.slowMs = delayMs;
   }
 
   /** Forgets everything and cancels pending callbacks, so one test's leftovers never reach the next. */
@@ -102,6 +114,7 @@ export class PartnerSimulator {
   async status(requestNo: string, res: ServerResponse): Promise<void> {
     const { record, queryIndex } = this.state.recordStatusQuery(requestNo);
     const directive: StatusDirective = directiveForAttempt(record.script.status, queryIndex) ?? 'normal';
+    if (this.slowMs > 0 && !(await this.waitBeforeAnswering(this.slowMs, res))) return;
     if (directive === '404') return sendJson(res, 404, { requestNo, error: 'not found (simulated)' });
     if (directive === '500') return sendJson(res, 500, { requestNo, error: 'internal error (simulated)' });
     if (typeof directive === 'object' && !(await this.waitBeforeAnswering(directive.delayMs, res))) return;
@@ -139,7 +152,8 @@ export class PartnerSimulator {
       const finalInAnswer = isSuccess && directive.reset !== true ? finalBodyStatus(directive) : undefined;
       if (this.state.markReceived(record, finalInAnswer)) await this.startCallbacks(record);
     }
-    if (directive.delayMs !== undefined && directive.delayMs > 0 && !(await this.waitBeforeAnswering(directive.delayMs, res))) return;
+    const delayMs = Math.max(directive.delayMs ?? 0, this.slowMs);
+    if (delayMs > 0 && !(await this.waitBeforeAnswering(delayMs, res))) return;
     if (directive.reset === true) {
       res.destroy();
       return;

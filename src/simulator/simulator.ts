@@ -58,6 +58,8 @@ export interface Simulator {
   reset(): void;
   /** While down, every dispatch and status query answers 503 (counted as `rejectedWhileDown`, nothing else). */
   setDown(down: boolean): void;
+  /** While `delayMs` > 0, every dispatch (received on arrival) and status query is answered that late; 0 ends it. */
+  setSlow(delayMs: number): void;
   /** Stops the server, cancels pending timers and destroys the callback agents. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -98,6 +100,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<Simulator>
     stats: () => partner.state.snapshot(),
     reset: () => partner.reset(),
     setDown: (down) => partner.setDown(down),
+    setSlow: (delayMs) => partner.setSlow(delayMs),
     close: () => (closing ??= closeServer(server, partner)),
   };
 }

@@ -338,6 +338,24 @@ export class TaskRepository {
     return result.rowCount;
   }
 
+  /**
+   * Forgets that the last dispatch attempt failed before sending, just before the claim's holder sends
+   * another. The "transient, so send again without asking" shortcut is only sound while no attempt is
+   * in flight: if this attempt's outcome is never recorded (the replica dies, the database is away), the
+   * next claim must ask the partner first. Fenced: false when the claim has passed to someone else, and
+   * then nothing may be sent.
+   */
+  async beginResend(id: string, owner: string): Promise<boolean> {
+    const r = await this.db
+      .updateTable('tasks')
+      .set({ last_dispatch_outcome: null })
+      .where('id', '=', id)
+      .where('lease_owner', '=', owner)
+      .where('status', '=', 'pending')
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */
   async releaseLease(id: string, owner: string, now: Date): Promise<void> {
     await this.db
