@@ -21,6 +21,7 @@ import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
+import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { Housekeeping } from './reconciler/housekeeping';
@@ -73,6 +74,8 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  /** The `waitSeconds` reads held open now, and their cap. */
+  readonly longPolls: LongPollLimit;
   /**
    * Drains: /readyz answers 503 for `readinessDelayMs` (default SHUTDOWN_READINESS_DELAY_MS) while requests
    * are still served, then stop accepting, let requests in flight finish (up to the shutdown timeout),
@@ -90,7 +93,12 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-  const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
+  const database = openDatabase({
+    url: databaseUrl,
+    poolSize: config.dbPoolSize,
+    connectTimeoutMs: config.dbConnectTimeoutMs,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+  });
   const metrics = new Metrics({ defaultMetrics: true });
   metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
@@ -150,9 +158,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
 
   const drain = new HttpDrain();
   const lifecycle = new Lifecycle();
+  const longPolls = new LongPollLimit(config.maxLongPollWaiters);
   const app = buildApp({
     lifecycle,
     publicBaseUrl: config.publicBaseUrl,
+    longPolls,
     db: database.db,
     logger,
     metrics,
@@ -181,8 +191,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   opts.onListening?.(url);
   try {
     await waitForDatabase(database.db, { timeoutMs: config.dbStartupTimeoutMs, logger, ...(opts.signal ? { signal: opts.signal } : {}) });
-    const applied = await migrateToLatest(database.db);
-    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+    // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
+    const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
+    try {
+      const applied = await migrateToLatest(migration.db);
+      if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+    } finally {
+      await migration.close();
+    }
   } catch (err) {
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
@@ -225,7 +241,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, longPolls, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -136,7 +136,7 @@ export function apiPaths(): OpenApiPaths {
           { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 } },
           { name: 'cursor', in: 'query', description: 'The `nextCursor` of the previous page (opaque).', schema: { type: 'string' } },
         ],
-        responses: { '200': jsonOf('A page', 'TaskList'), '422': invalidQuery },
+        responses: { '200': jsonOf('A page (it also ends early past about 4 MB, with nextCursor set)', 'TaskList'), '422': invalidQuery },
       }),
     },
     '/v1/tasks/{id}': {
@@ -153,12 +153,16 @@ export function apiPaths(): OpenApiPaths {
     '/v1/tasks/{id}/events': {
       get: operation({
         operationId: 'listTaskEvents',
-        summary: 'The audit trail, oldest first',
+        summary: 'The audit trail, oldest first, a page at a time',
         tags: ['tasks'],
         auth: 'apiKey',
         database: true,
-        parameters: [idParam],
-        responses: { '200': jsonOf('Events', 'TaskEventList'), '404': noTask },
+        parameters: [
+          idParam,
+          { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
+          { name: 'cursor', in: 'query', description: 'The `nextCursor` of the previous page (opaque).', schema: { type: 'string' } },
+        ],
+        responses: { '200': jsonOf('Events', 'TaskEventList'), '404': noTask, '422': invalidQuery },
       }),
     },
     '/v1/tasks/{id}/reconcile': {

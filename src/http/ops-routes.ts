@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../db/schema';
+import { DATABASE_RETRY_AFTER_SECONDS } from '../db/database';
 import { migrationsAreCurrent } from '../db/migrator';
 import type { Metrics } from '../observability/metrics';
 import { STARTING_RETRY_AFTER_SECONDS } from './lifecycle';
@@ -10,7 +11,14 @@ import { sendProblem } from './problem';
 const READINESS_CACHE_MS = 1000;
 
 /** Health, readiness, metrics and the OpenAPI document: no key needed. */
-export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean, isStarting: () => boolean = () => false): Router {
+export function opsRoutes(
+  db: Kysely<Database>,
+  metrics: Metrics,
+  openApi: () => Record<string, unknown>,
+  isDraining: () => boolean,
+  onDatabaseError?: (err: unknown) => void,
+  isStarting: () => boolean = () => false,
+): Router {
   const router = Router();
   let cached: { at: number; ready: boolean; detail: string } | undefined;
 
@@ -20,8 +28,9 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
     try {
       await sql`select 1`.execute(db);
       result = (await migrationsAreCurrent(db)) ? { ready: true, detail: 'ok' } : { ready: false, detail: 'migrations are not current' };
-    } catch {
-      // Never the driver's text: it can name hosts, users or SQL.
+    } catch (err) {
+      // The driver's text (host names, SQL, server messages) goes to the log, never into the answer.
+      onDatabaseError?.(err);
       result = { ready: false, detail: 'the database does not answer' };
     }
     cached = { at: Date.now(), ...result };
@@ -40,7 +49,7 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
     }
     const { ready, detail } = await readiness();
     if (!ready) {
-      res.set('Retry-After', String(STARTING_RETRY_AFTER_SECONDS));
+      res.set('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
       return sendProblem(res, 503, detail);
     }
     res.json({ status: 'ready' });

@@ -5,6 +5,13 @@ const PREFIX = 'callback_reconciler_';
 /** Gauges prom-client's default metrics name with a counter's `_total` suffix; each has a twin without it. */
 const DEPRECATED_DEFAULT_GAUGES = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
+/** What the pool gauges read; the pg Pool has these, tests may pass a plain object. */
+export interface PoolCounts {
+  readonly totalCount: number;
+  readonly idleCount: number;
+  readonly waitingCount: number;
+}
+
 /** Latency buckets from 1 ms to 30 s: partner calls and waits span that range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -116,22 +123,34 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  private pool: PoolState | undefined;
+  /** The pool the two pool gauges read at scrape time (see observePool). */
+  private pool: PoolCounts | undefined;
 
-  readonly dbPoolClients: Gauge<'state'> = new Gauge({
-    name: `${PREFIX}db_pool_clients`,
-    help: 'Database pool of this replica: clients by state (total, idle, waiting = requests queued for a client, max = the pool size).',
+  readonly dbPoolConnections: Gauge<'state'> = new Gauge({
+    name: `${PREFIX}db_pool_connections`,
+    help: "Connections of this process's database pool, by state (idle, busy).",
     labelNames: ['state'] as const,
     registers: [this.registry],
     collect: () => {
-      const pool = this.pool;
-      if (!pool) return;
-      this.dbPoolClients.set({ state: 'total' }, pool.totalCount);
-      this.dbPoolClients.set({ state: 'idle' }, pool.idleCount);
-      this.dbPoolClients.set({ state: 'waiting' }, pool.waitingCount);
-      this.dbPoolClients.set({ state: 'max' }, pool.options.max ?? 0);
+      if (!this.pool) return;
+      this.dbPoolConnections.set({ state: 'idle' }, this.pool.idleCount);
+      this.dbPoolConnections.set({ state: 'busy' }, this.pool.totalCount - this.pool.idleCount);
     },
   });
+
+  readonly dbPoolWaiting: Gauge = new Gauge({
+    name: `${PREFIX}db_pool_waiting`,
+    help: 'Queries of this process waiting for a free database connection; a count that keeps growing means the pool is too small or connections leak.',
+    registers: [this.registry],
+    collect: () => {
+      if (this.pool) this.dbPoolWaiting.set(this.pool.waitingCount);
+    },
+  });
+
+  /** Exposes a pool's counts on the pool gauges, read at scrape time so the hot path updates nothing. */
+  observePool(pool: PoolCounts): void {
+    this.pool = pool;
+  }
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics) {
@@ -142,17 +161,4 @@ export class Metrics {
       for (const name of DEPRECATED_DEFAULT_GAUGES) this.registry.removeSingleMetric(name);
     }
   }
-
-  /** Reports a pg Pool's state on every scrape (saturation: `waiting` > 0 means requests queue for a connection). */
-  observePool(pool: PoolState): void {
-    this.pool = pool;
-  }
-}
-
-/** What the pool gauge reads from a pg Pool. */
-interface PoolState {
-  readonly totalCount: number;
-  readonly idleCount: number;
-  readonly waitingCount: number;
-  readonly options: { max?: number };
 }

@@ -59,7 +59,8 @@ test('process and Node.js metrics under their standard names; the _total gauges 
     expect(name).not.toMatch(/^callback_reconciler_(process|nodejs)_/);
     if (types.get(name) !== 'counter') expect(name).not.toMatch(/_total$/);
   }
-  expect(types.get('callback_reconciler_db_pool_clients')).toBe('gauge');
+  expect(types.get('callback_reconciler_db_pool_waiting')).toBe('gauge');
+  expect(types.get('callback_reconciler_db_pool_connections')).toBe('gauge');
 });
 
 test('http_requests_total{method,route,status} and http_request_duration_seconds{method,route} use route templates', async () => {

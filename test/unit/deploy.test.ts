@@ -207,7 +207,7 @@ describe('deploy/monitoring', () => {
     const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr));
     const datasource = parse(readFileSync(path.join(ROOT, 'deploy/monitoring/grafana/provisioning/datasources/prometheus.yml'), 'utf8')) as { datasources: { uid: string }[] };
     for (const p of panels) expect(p.datasource?.uid).toBe(datasource.datasources[0]!.uid);
-    for (const needle of ['tasks_created_total', 'callbacks_total', 'reconciler_checks_total', 'http_request_duration_seconds_bucket', 'tasks_open', 'oldest_open_task_age_seconds', 'settlement_conflicts_total', 'partner_breaker_open', 'notifications_pending', 'db_pool_clients']) {
+    for (const needle of ['tasks_created_total', 'callbacks_total', 'reconciler_checks_total', 'http_request_duration_seconds_bucket', 'tasks_open', 'oldest_open_task_age_seconds', 'settlement_conflicts_total', 'partner_breaker_open', 'notifications_pending', 'db_pool_waiting', 'db_pool_connections']) {
       expect({ needle, used: exprs.some((e) => e.includes(needle)) }).toEqual({ needle, used: true });
     }
     const rules = readFileSync(path.join(dir, 'alerts.yml'), 'utf8');
