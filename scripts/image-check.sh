@@ -251,11 +251,16 @@ logs_of "ic-wrap-${RUN_ID}" | grep -q 'wrapper: service exited 0' || fail "the w
 phase_done "podman stop (plain + shell-wrapped)"
 
 # ---- the embedded fallback, as the node user -----------------------------------------------------------
-EMB_PORT=$(free_port)
 CONTAINERS+=("ic-emb-${RUN_ID}")
-# Bundled demo partners (the simulator is started beside the service) on a loopback HOST, no DATABASE_URL.
-podman run -d --name "ic-emb-${RUN_ID}" --network host --no-healthcheck -e HOST=127.0.0.1 -e PORT="$EMB_PORT" "$IMAGE" >/dev/null
-wait_http "http://127.0.0.1:${EMB_PORT}/readyz" 200 120 || { podman logs "ic-emb-${RUN_ID}" | tail -30; fail "the embedded fallback did not get ready"; }
+# Bundled demo partners (the simulator is started beside the service on its fixed loopback port 4010) and
+# no DATABASE_URL: in a network namespace of its own (--network none, loopback only), so the fixed port
+# cannot collide with anything on the host; probed from inside the container.
+podman run -d --name "ic-emb-${RUN_ID}" --network none --no-healthcheck -e HOST=127.0.0.1 -e PORT=3000 "$IMAGE" >/dev/null
+deadline=$((SECONDS + 120))
+until podman exec "ic-emb-${RUN_ID}" node -e "fetch('http://127.0.0.1:3000/readyz').then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))" >/dev/null 2>&1; do
+  [ "$SECONDS" -lt "$deadline" ] || { podman logs "ic-emb-${RUN_ID}" 2>&1 | tail -30; fail "the embedded fallback did not get ready"; }
+  sleep 1
+done
 logs_of "ic-emb-${RUN_ID}" | grep -q 'NOT for production' || fail "the embedded fallback did not say it is not for production"
 say "embedded fallback ready as uid $(podman exec "ic-emb-${RUN_ID}" id -u), logged as not for production"
 stop_and_expect_zero "ic-emb-${RUN_ID}"
