@@ -18,7 +18,8 @@ import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type NewTask } from './tasks/task-repository';
+import { Batcher, isDataError } from './db/batcher';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { Housekeeping } from './reconciler/housekeeping';
@@ -31,6 +32,20 @@ export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
 /** A check is at most a status query and then a dispatch, each bounded by its timeout. */
 function worstCheckMs(partner: PartnerConfig | undefined): number {
   return partner ? partner.status.timeoutMs + partner.dispatch.timeoutMs : 0;
+}
+
+/**
+ * Batchers share the pool with reads, the reconciler and the dispatcher: each may hold at most a third of
+ * it (at least one connection), so a burst of writes never starves the rest.
+ */
+function batchOptions(config: Config) {
+  return {
+    maxBatch: config.batch.maxSize,
+    windowMs: config.batch.windowMs,
+    maxWaitMs: config.batch.maxWaitMs,
+    maxQueued: config.batch.maxQueued,
+    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 3)),
+  };
 }
 
 export interface RuntimeOptions {
@@ -122,7 +137,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       reconciler.nudge();
     },
   });
+  const createBatcher = new Batcher<NewTask, InsertResult>({
+    name: 'create',
+    run: (items) => repo.insertMany(items),
+    isolate: isDataError,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('create', () => createBatcher.depth);
   const tasks = new TaskService({
+    insertTask: (t) => createBatcher.submit(t),
     repo,
     partners,
     dispatcher,
@@ -184,7 +207,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain()]);
       await dispatcher.drain();
       partners.close();
       await database.close();

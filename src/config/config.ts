@@ -23,6 +23,13 @@ export const DEFAULTS = Object.freeze({
   reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
   retentionDays: 30,
+  /** Group commit: most items in one statement, and how long a batch waits for company while another is in flight. */
+  batchMaxSize: 64,
+  batchWindowMs: 1,
+  /** Back-pressure: a write not started within this long is answered 503 with Retry-After. */
+  batchMaxWaitMs: 2000,
+  /** Back-pressure: beyond this many waiting writes per kind, new ones are answered 503 at once. */
+  batchMaxQueued: 4096,
 });
 
 /** The example partners file shipped with the service: one partner served by the bundled simulator. */
@@ -54,6 +61,10 @@ const envSchema = z.object({
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
+  BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
+  BATCH_WINDOW_MS: intFromEnv(0, 1000).default(DEFAULTS.batchWindowMs),
+  BATCH_MAX_WAIT_MS: intFromEnv(1, 120_000).default(DEFAULTS.batchMaxWaitMs),
+  BATCH_MAX_QUEUED: intFromEnv(1, 1_000_000).default(DEFAULTS.batchMaxQueued),
 });
 
 export interface Config {
@@ -82,6 +93,8 @@ export interface Config {
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
   readonly retentionDays: number;
+  /** Group commit of creates and callbacks (see src/db/batcher.ts). */
+  readonly batch: { readonly maxSize: number; readonly windowMs: number; readonly maxWaitMs: number; readonly maxQueued: number };
 }
 
 /** Raised when the environment is invalid; the message names every bad variable. */
@@ -141,6 +154,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     retentionDays: e.RETENTION_DAYS,
+    batch: Object.freeze({ maxSize: e.BATCH_MAX_SIZE, windowMs: e.BATCH_WINDOW_MS, maxWaitMs: e.BATCH_MAX_WAIT_MS, maxQueued: e.BATCH_MAX_QUEUED }),
   });
 }
 

@@ -1,6 +1,6 @@
 import { sql, type Kysely, type RawBuilder } from 'kysely';
 import type { Pool } from 'pg';
-import { runPrepared } from '../db/prepared';
+import { runPrepared, runRaw } from '../db/prepared';
 import type { Database, TaskEventRow, TaskRow } from '../db/schema';
 import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
 
@@ -88,6 +88,37 @@ const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined || v ===
 const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
 
 /**
+ * The group-commit create: insert what is new (the unique constraint decides, never a prior check), write
+ * each creation event, detect waiting callbacks, and return the rows that already existed, in one statement.
+ */
+const INSERT_MANY_SQL = `
+  with input as (
+    select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::timestamptz[], $10::text[], $11::timestamptz[], $12::timestamptz[])
+      as v(id, partner, request_no, kind, payload, notify_url, metadata, body_hash, next_check_at, lease_owner, expires_at, created_at)
+  ), inserted as (
+    insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
+                       next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
+    select id, partner, request_no, kind, 'pending', payload::jsonb, notify_url, metadata::jsonb, body_hash,
+           next_check_at, lease_owner, next_check_at, expires_at, created_at, created_at
+    from input
+    order by partner, request_no
+    on conflict (partner, request_no) do nothing
+    returning *
+  ), created_event as (
+    insert into task_events (task_id, at, from_status, to_status, source)
+    select id, created_at, null, 'pending', 'api' from inserted
+  )
+  select inserted.*, true as was_inserted, exists (
+    select 1 from callback_inbox i
+    where i.partner = inserted.partner and i.request_no = inserted.request_no and i.outcome = 'queued'
+  ) as has_queued_callbacks
+  from inserted
+  union all
+  select t.*, false, false
+  from input v join tasks t on t.partner = v.partner and t.request_no = v.request_no`;
+
+/**
  * All SQL on tasks and their events. Every change of status is one statement: it locks the row,
  * updates it only if its current status is an allowed source, and writes the event row, so there is
  * never a read followed by a write.
@@ -134,6 +165,75 @@ export class TaskRepository {
       return this.insert(t);
     }
     return { inserted: false, existing };
+  }
+
+  /**
+   * Group commit of many creates: one statement inserts every new task with its creation event and says,
+   * per inserted task, whether callbacks are already waiting for it. Answers one result per input, in
+   * order, exactly as running {@link insert} for each in turn would: within the batch the first item of a
+   * `(partner, requestNo)` is the one inserted and later ones see it as existing.
+   *
+   * Rows are inserted in `(partner, request_no)` order, so two batches with overlapping keys wait for each
+   * other in one order and cannot deadlock.
+   */
+  async insertMany(tasks: readonly NewTask[]): Promise<InsertResult[]> {
+    const keyOf = (t: { partner: string; requestNo: string }) => `${t.partner}\u0000${t.requestNo}`;
+    const leaders = new Map<string, NewTask>();
+    for (const t of tasks) if (!leaders.has(keyOf(t))) leaders.set(keyOf(t), t);
+
+    const settled = new Map<string, InsertResult>();
+    let pending = [...leaders.values()];
+    // A conflicting row committed after this statement's snapshot was taken is invisible to it; the next
+    // round's fresh snapshot sees it (or inserts, if it was deleted meanwhile).
+    for (let round = 0; pending.length > 0; round++) {
+      if (round >= 5) throw new Error('insertMany: a conflicting row stayed invisible after 5 rounds');
+      const rows = await this.insertRound(pending);
+      const byKey = new Map(rows.map((r) => [`${r.partner}\u0000${r.request_no}`, r]));
+      const missing: NewTask[] = [];
+      for (const t of pending) {
+        const row = byKey.get(keyOf(t));
+        if (!row) {
+          missing.push(t);
+          continue;
+        }
+        const { was_inserted: wasInserted, has_queued_callbacks: hasQueuedCallbacks, ...task } = row;
+        settled.set(keyOf(t), wasInserted ? { inserted: true, task, hasQueuedCallbacks } : { inserted: false, existing: task });
+      }
+      pending = missing;
+    }
+    return tasks.map((t) => {
+      const leader = leaders.get(keyOf(t))!;
+      const r = settled.get(keyOf(t))!;
+      if (leader === t) return r;
+      return { inserted: false, existing: r.inserted ? r.task : r.existing };
+    });
+  }
+
+  private async insertRound(tasks: readonly NewTask[]) {
+    const cols = {
+      id: [] as string[], partner: [] as string[], requestNo: [] as string[], kind: [] as (string | null)[], payload: [] as string[],
+      notifyUrl: [] as (string | null)[], metadata: [] as (string | null)[], bodyHash: [] as string[], nextCheckAt: [] as string[],
+      leaseOwner: [] as string[], expiresAt: [] as string[], createdAt: [] as string[],
+    };
+    for (const t of tasks) {
+      cols.id.push(t.id);
+      cols.partner.push(t.partner);
+      cols.requestNo.push(t.requestNo);
+      cols.kind.push(t.kind);
+      cols.payload.push(JSON.stringify(t.payload));
+      cols.notifyUrl.push(t.notifyUrl);
+      cols.metadata.push(t.metadata === undefined || t.metadata === null ? null : JSON.stringify(t.metadata));
+      cols.bodyHash.push(t.bodyHash);
+      cols.nextCheckAt.push(t.nextCheckAt.toISOString());
+      cols.leaseOwner.push(t.leaseOwner);
+      cols.expiresAt.push(t.expiresAt.toISOString());
+      cols.createdAt.push(t.createdAt.toISOString());
+    }
+    const { rows } = await runRaw<TaskRow & { was_inserted: boolean; has_queued_callbacks: boolean }>(this.db, this.pool, 'cr_insert_many', INSERT_MANY_SQL, [
+      cols.id, cols.partner, cols.requestNo, cols.kind, cols.payload, cols.notifyUrl, cols.metadata, cols.bodyHash,
+      cols.nextCheckAt, cols.leaseOwner, cols.expiresAt, cols.createdAt,
+    ]);
+    return rows;
   }
 
   async findById(id: string): Promise<TaskRow | undefined> {
