@@ -8,7 +8,7 @@ import { HttpDrain } from './http/drain';
 import { BackgroundLoop } from './background-loop';
 import { callbackRoutes } from './callbacks/callback-routes';
 import { CallbackService } from './callbacks/callback-service';
-import { InboxRepository } from './callbacks/inbox-repository';
+import { InboxRepository, type StoreAndApply, type StoreAndApplyResult } from './callbacks/inbox-repository';
 import { systemClock, type Clock } from './clock';
 import type { Config } from './config/config';
 import type { PartnerConfig } from './config/partners';
@@ -122,9 +122,21 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
   });
+  const inbox = new InboxRepository(database.db, database.pool);
+  const callbackBatcher = new Batcher<StoreAndApply, StoreAndApplyResult>({
+    name: 'callback',
+    run: (items) => inbox.storeAndApply(items),
+    // A duplicate webhook-id racing in (unique violation) or a bad row fails only its own request.
+    isolate: isDataError,
+    // Two callbacks for one task never share a statement: each is applied after the other, as if alone.
+    keyOf: (item) => `${item.row.partner}\u0000${item.row.requestNo}`,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('callback', () => callbackBatcher.depth);
   const callbacks = new CallbackService({
     partners,
-    inbox: new InboxRepository(database.db, database.pool),
+    inbox,
+    storeAndApply: (item) => callbackBatcher.submit(item),
     tasks: repo,
     transitions,
     notifier,
@@ -207,7 +219,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain()]);
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain()]);
       await dispatcher.drain();
       partners.close();
       await database.close();

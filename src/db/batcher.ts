@@ -221,6 +221,7 @@ export class Batcher<I, O> {
       this.armExpiry();
       if (this.queue.length === 0 && this.inFlight === 0) this.notifyIdle();
     }, Math.max(1, Math.ceil(head.deadline - performance.now())));
+    this.expiryTimer.unref();
   }
 
   private notifyIdle(): void {

@@ -171,7 +171,7 @@ export const TRANSITION_CORE_SQL = `
   )`;
 
 /** The columns of the `v` CTE, in order, with their array types. */
-const TRANSITION_COLUMNS = [
+export const TRANSITION_COLUMNS = [
   ['task_id', 'uuid'], ['to_status', 'text'], ['from_list', 'text'], ['has_fence', 'boolean'], ['fence', 'text'],
   ['source', 'text'], ['now', 'timestamptz'], ['reported', 'text'], ['detail', 'text'], ['inbox_id', 'bigint'],
   ['quiet', 'boolean'], ['set_result', 'boolean'], ['result', 'text'], ['set_error', 'boolean'], ['error', 'text'],
@@ -208,7 +208,7 @@ const TRANSITION_MANY_SQL = `
   left join cur on cur.ord = v.ord
   left join upd on upd.moved_ord = v.ord`;
 
-type TransitionRow = TaskRow & {
+export type TransitionRow = TaskRow & {
   batch_ord: number | string;
   current_status: TaskStatus | null;
   from_status: TaskStatus | null;
@@ -220,7 +220,7 @@ type TransitionRow = TaskRow & {
 const jsonText = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
 
 /** One array per column of `v` for these moves (the parameters of {@link TRANSITION_MANY_SQL}). */
-function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] {
+export function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] {
   const cols: unknown[][] = TRANSITION_COLUMNS.map(() => []);
   for (const spec of specs) {
     const c = spec.changes ?? {};
@@ -257,12 +257,12 @@ function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] {
 }
 
 /** What one row of the transition statement means for its move. */
-function transitionResult(row: TransitionRow, inboxId: number | null): TransitionResult {
+export function transitionResult(row: TransitionRow, inboxId: number | null): TransitionResult {
   if (row.current_status === null) {
     return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
   }
   if (row.from_status !== null) {
-    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, ...task } = row;
+    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, ...task } = row as TransitionRow & Record<string, unknown>;
     return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
   }
   return { outcome: row.conflicted ? 'conflict' : 'ignored', previousStatus: row.current_status };
