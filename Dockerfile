@@ -43,4 +43,7 @@ EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # node directly, not `npm start`: npm would rebuild (prestart) and would not forward SIGTERM for the drain.
-CMD ["node", "dist/src/main.js"]
+# The V8 heap is sized as in package.json's start script (a test keeps the two equal): left to itself V8
+# grows the heap lazily under a high allocation rate (peak RSS 200-230 MB) although little of it is live;
+# capped, the service stays under 150 MB with the same throughput.
+CMD ["node", "--max-old-space-size=96", "--max-semi-space-size=8", "dist/src/main.js"]
