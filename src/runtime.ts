@@ -18,7 +18,7 @@ import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository, type InsertResult, type NewTask } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
 import { Batcher, isDataError } from './db/batcher';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
@@ -35,8 +35,9 @@ function worstCheckMs(partner: PartnerConfig | undefined): number {
 }
 
 /**
- * Batchers share the pool with reads, the reconciler and the dispatcher: each may hold at most a third of
- * it (at least one connection), so a burst of writes never starves the rest.
+ * The three batchers (creates, callbacks, dispatch outcomes) share the pool with reads and the reconciler:
+ * each may hold at most a quarter of it (at least one connection), so a burst of writes never starves the
+ * rest. Two batches of up to 64 in flight are plenty: a batch costs about one round trip whatever its size.
  */
 function batchOptions(config: Config) {
   return {
@@ -44,7 +45,7 @@ function batchOptions(config: Config) {
     windowMs: config.batch.windowMs,
     maxWaitMs: config.batch.maxWaitMs,
     maxQueued: config.batch.maxQueued,
-    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 3)),
+    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 4)),
   };
 }
 
@@ -111,7 +112,16 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
-  const transitions = new TaskTransitions(repo, metrics, notifier, logger);
+  const transitionBatcher = new Batcher<TransitionSpec, TransitionResult>({
+    name: 'transition',
+    run: (specs) => repo.transitionMany(specs),
+    isolate: isDataError,
+    // Moves of one task go to successive statements, in order (transitionMany would split them anyway).
+    keyOf: (spec) => spec.taskId,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('transition', () => transitionBatcher.depth);
+  const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec));
   const dispatcher = new Dispatcher({
     partners,
     transitions,
@@ -221,6 +231,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       clearTimeout(forced);
       await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain()]);
       await dispatcher.drain();
+      await transitionBatcher.drain();
       partners.close();
       await database.close();
       logger.info('stopped');

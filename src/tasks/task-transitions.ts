@@ -68,7 +68,18 @@ export class TaskTransitions {
     private readonly metrics: Metrics,
     private readonly notifier: TaskNotifier,
     private readonly logger: Logger,
+    /** Group commit of moves (transitionMany); without it, applyBatched is apply. */
+    private readonly batch?: (spec: TransitionSpec) => Promise<TransitionResult>,
   ) {}
+
+  /**
+   * Like apply, but the move may share one statement (and one commit) with concurrent moves of other tasks:
+   * for high-rate producers such as the dispatcher recording outcomes. Same rules, same result.
+   */
+  async applyBatched(partner: string, spec: TransitionSpec): Promise<TransitionResult> {
+    if (!this.batch) return this.apply(partner, spec);
+    return this.record(partner, spec, await this.batch(spec));
+  }
 
   async apply(partner: string, spec: TransitionSpec): Promise<TransitionResult> {
     return this.record(partner, spec, await this.repo.transition(spec));
