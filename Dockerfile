@@ -51,7 +51,10 @@ EXPOSE 3000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # node directly, not `npm start`: npm would rebuild (prestart). A shell wrapper in CMD is fine (the init
-# passes signals on to the service), e.g. to size the heap. Migrations as a separate step (no build needed):
+# passes signals on to the service). Migrations as a separate step (no build needed):
 #   docker run --rm -e DATABASE_URL=… callback-reconciler node dist/src/db/migrate-cli.js
+# The V8 heap is sized as in package.json's start script (a test keeps the two equal): left to itself V8
+# grows the heap lazily under a high allocation rate (peak RSS 200-230 MB) although little of it is live;
+# capped, the service stays under 150 MB with the same throughput.
 ENTRYPOINT ["/usr/local/bin/container-init"]
-CMD ["node", "dist/src/main.js"]
+CMD ["node", "--max-old-space-size=96", "--max-semi-space-size=8", "dist/src/main.js"]

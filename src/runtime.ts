@@ -9,7 +9,7 @@ import { Lifecycle } from './http/lifecycle';
 import { BackgroundLoop } from './background-loop';
 import { callbackRoutes } from './callbacks/callback-routes';
 import { CallbackService } from './callbacks/callback-service';
-import { InboxRepository } from './callbacks/inbox-repository';
+import { InboxRepository, type StoreAndApply, type StoreAndApplyResult } from './callbacks/inbox-repository';
 import { systemClock, type Clock } from './clock';
 import type { Config } from './config/config';
 import type { PartnerConfig } from './config/partners';
@@ -20,7 +20,8 @@ import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
+import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
@@ -34,6 +35,21 @@ export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
 /** A check is at most a status query and then a dispatch, each bounded by its timeout. */
 function worstCheckMs(partner: PartnerConfig | undefined): number {
   return partner ? partner.status.timeoutMs + partner.dispatch.timeoutMs : 0;
+}
+
+/**
+ * The three batchers (creates, callbacks, dispatch outcomes) share the pool with reads and the reconciler:
+ * each may hold at most a quarter of it (at least one connection), so a burst of writes never starves the
+ * rest. Two batches of up to 64 in flight are plenty: a batch costs about one round trip whatever its size.
+ */
+function batchOptions(config: Config) {
+  return {
+    maxBatch: config.batch.maxSize,
+    windowMs: config.batch.windowMs,
+    maxWaitMs: config.batch.maxWaitMs,
+    maxQueued: config.batch.maxQueued,
+    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 4)),
+  };
 }
 
 export interface RuntimeOptions {
@@ -104,7 +120,16 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
-  const transitions = new TaskTransitions(repo, metrics, notifier, logger);
+  const transitionBatcher = new Batcher<TransitionSpec, TransitionResult>({
+    name: 'transition',
+    run: (specs) => repo.transitionMany(specs),
+    isolate: isDataError,
+    // Moves of one task go to successive statements, in order (transitionMany would split them anyway).
+    keyOf: (spec) => spec.taskId,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('transition', () => transitionBatcher.depth);
+  const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec));
   const dispatcher = new Dispatcher({
     partners,
     transitions,
@@ -115,9 +140,21 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
   });
+  const inbox = new InboxRepository(database.db, database.pool);
+  const callbackBatcher = new Batcher<StoreAndApply, StoreAndApplyResult>({
+    name: 'callback',
+    run: (items) => inbox.storeAndApply(items),
+    // A duplicate webhook-id racing in (unique violation) or a bad row fails only its own request.
+    isolate: isDataError,
+    // Two callbacks for one task never share a statement: each is applied after the other, as if alone.
+    keyOf: (item) => `${item.row.partner}\u0000${item.row.requestNo}`,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('callback', () => callbackBatcher.depth);
   const callbacks = new CallbackService({
     partners,
-    inbox: new InboxRepository(database.db, database.pool),
+    inbox,
+    storeAndApply: (item) => callbackBatcher.submit(item),
     tasks: repo,
     transitions,
     notifier,
@@ -130,7 +167,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       reconciler.nudge();
     },
   });
+  const createBatcher = new Batcher<NewTask, InsertResult>({
+    name: 'create',
+    run: (items) => repo.insertMany(items),
+    isolate: isDataError,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('create', () => createBatcher.depth);
   const tasks = new TaskService({
+    insertTask: (t) => createBatcher.submit(t),
     repo,
     partners,
     dispatcher,
@@ -234,8 +279,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain()]);
       await dispatcher.drain();
+      await transitionBatcher.drain();
       partners.close();
       await database.close();
       logger.info('stopped');

@@ -32,6 +32,13 @@ export const DEFAULTS = Object.freeze({
   /** `waitSeconds` reads held open at once per process; beyond it they are answered at once. */
   maxLongPollWaiters: 1000,
   retentionDays: 30,
+  /** Group commit: most items in one statement, and how long a batch waits for company while another is in flight. */
+  batchMaxSize: 64,
+  batchWindowMs: 1,
+  /** Back-pressure: a write not started within this long is answered 503 with Retry-After. */
+  batchMaxWaitMs: 2000,
+  /** Back-pressure: beyond this many waiting writes per kind, new ones are answered 503 at once. */
+  batchMaxQueued: 4096,
 });
 
 /** The example partners file shipped with the service: one partner served by the bundled simulator. */
@@ -67,6 +74,10 @@ const envSchema = z.object({
   SHUTDOWN_READINESS_DELAY_MS: intFromEnv(0, 120_000).default(DEFAULTS.shutdownReadinessDelayMs),
   DB_STARTUP_TIMEOUT_MS: intFromEnv(0, 3_600_000).default(DEFAULTS.dbStartupTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
+  BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
+  BATCH_WINDOW_MS: intFromEnv(0, 1000).default(DEFAULTS.batchWindowMs),
+  BATCH_MAX_WAIT_MS: intFromEnv(1, 120_000).default(DEFAULTS.batchMaxWaitMs),
+  BATCH_MAX_QUEUED: intFromEnv(1, 1_000_000).default(DEFAULTS.batchMaxQueued),
 });
 
 export interface Config {
@@ -103,6 +114,8 @@ export interface Config {
   /** Cap on `waitSeconds` reads held open at once in this process. */
   readonly maxLongPollWaiters: number;
   readonly retentionDays: number;
+  /** Group commit of creates and callbacks (see src/db/batcher.ts). */
+  readonly batch: { readonly maxSize: number; readonly windowMs: number; readonly maxWaitMs: number; readonly maxQueued: number };
 }
 
 /** Raised when the environment is invalid; the message names every bad variable. */
@@ -178,6 +191,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     dbStartupTimeoutMs: e.DB_STARTUP_TIMEOUT_MS,
     maxLongPollWaiters: e.MAX_LONG_POLL_WAITERS,
     retentionDays: e.RETENTION_DAYS,
+    batch: Object.freeze({ maxSize: e.BATCH_MAX_SIZE, windowMs: e.BATCH_WINDOW_MS, maxWaitMs: e.BATCH_MAX_WAIT_MS, maxQueued: e.BATCH_MAX_QUEUED }),
   });
 }
 

@@ -123,6 +123,32 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly queueSources = new Map<string, () => number>();
+
+  /** Writes waiting for a group-commit batch, per batcher (creates, callbacks): back-pressure shows here first. */
+  readonly batchQueueDepth = new Gauge({
+    name: `${PREFIX}batch_queue_depth`,
+    help: 'Writes waiting for a group-commit batch, by batcher; beyond BATCH_MAX_QUEUED (or BATCH_MAX_WAIT_MS) requests get 503.',
+    labelNames: ['batcher'] as const,
+    registers: [this.registry],
+    collect: () => {
+      for (const [name, depth] of this.queueSources) this.batchQueueDepth.set({ batcher: name }, depth());
+    },
+  });
+
+  /** Requests refused with 503 because a batcher or the pool was saturated. */
+  readonly batchRefused = new Counter({
+    name: `${PREFIX}batch_refused_total`,
+    help: 'Writes refused with 503 because the group-commit queue or the connection pool was saturated, by batcher.',
+    labelNames: ['batcher'] as const,
+    registers: [this.registry],
+  });
+
+  /** Read at scrape time, so the hot path does not update a gauge per item. */
+  observeQueue(name: string, depth: () => number): void {
+    this.queueSources.set(name, depth);
+  }
+
   /** The pool the two pool gauges read at scrape time (see observePool). */
   private pool: PoolCounts | undefined;
 
