@@ -24,6 +24,8 @@ export interface AppDeps {
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
+  /** More client API routers, mounted behind the API key after the task routes (notifications). */
+  clientFacing?: express.Router[];
   openApiExtraPaths?: Record<string, unknown>;
 }
 
@@ -39,6 +41,7 @@ export function buildApp(deps: AppDeps): Express {
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
+  for (const router of deps.clientFacing ?? []) app.use(router);
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));
   return app;

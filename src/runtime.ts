@@ -21,12 +21,21 @@ import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
+import { TASK_SETTLED_CHANNEL, TaskWakeListener } from './tasks/task-wake-listener';
+import { AddressGuard } from './notifications/address-guard';
+import { DeliveryWorker } from './notifications/delivery-worker';
+import { NotificationRepository } from './notifications/notification-repository';
+import { notificationRoutes } from './notifications/notification-routes';
+import { NotificationSender } from './notifications/notification-sender';
+import { NotificationService } from './notifications/notification-service';
 import { Housekeeping } from './reconciler/housekeeping';
 import { Reconciler } from './reconciler/reconciler';
 import { TaskChecker } from './reconciler/task-checker';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
+/** How often the delivery worker looks for notifications written by other replicas or due for a retry. */
+export const NOTIFY_POLL_MS = 1000;
 
 /** A check is at most a status query and then a dispatch, each bounded by its timeout. */
 function worstCheckMs(partner: PartnerConfig | undefined): number {
@@ -67,6 +76,12 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  readonly notifications: NotificationService;
+  readonly notificationRepo: NotificationRepository;
+  /** Undefined when NOTIFY_SECRET is unset. */
+  readonly deliveryWorker: DeliveryWorker | undefined;
+  /** Undefined when LONG_POLL_NOTIFY is false. */
+  readonly wakeListener: TaskWakeListener | undefined;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -94,8 +109,28 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
 
   const metrics = new Metrics({ defaultMetrics: true });
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
-  const repo = new TaskRepository(database.db, database.pool);
+  const repo = new TaskRepository(database.db, database.pool, {
+    outbox: config.notifySecret !== undefined,
+    wakeChannel: config.longPollNotify ? TASK_SETTLED_CHANNEL : null,
+  });
   const notifier = new TaskNotifier();
+  const notificationRepo = new NotificationRepository(database.db, database.pool);
+  const guard = config.notifySecret === undefined ? undefined : new AddressGuard({ allowedHosts: config.notifyAllowedHosts });
+  const sender = config.notifySecret === undefined || !guard ? undefined : new NotificationSender(config.notifySecret, guard, config.notifyTimeoutMs, config.notifyHostConcurrency);
+  const deliveryWorker = sender
+    ? new DeliveryWorker(
+        { repo: notificationRepo, sender, metrics, logger, instanceId },
+        {
+          concurrency: config.notifyConcurrency,
+          hostConcurrency: config.notifyHostConcurrency,
+          timeoutMs: config.notifyTimeoutMs,
+          scheduleSeconds: config.notifyScheduleSeconds,
+          pollMs: NOTIFY_POLL_MS,
+        },
+      )
+    : undefined;
+  if (deliveryWorker) notifier.onOutboxWritten(() => deliveryWorker.wake());
+  const wakeListener = config.longPollNotify ? new TaskWakeListener({ url: databaseUrl, logger, connectTimeoutMs: config.dbConnectTimeoutMs, ...settledWake(repo, notifier, logger) }) : undefined;
   const transitions = new TaskTransitions(repo, metrics, notifier, logger);
   const dispatcher = new Dispatcher({
     partners,
@@ -122,7 +157,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       reconciler.nudge();
     },
   });
-  const tasks = new TaskService({
+  const tasks: TaskService = new TaskService({
     repo,
     partners,
     dispatcher,
@@ -133,7 +168,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     instanceId,
     applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
     nudgeReconciler: () => reconciler.nudge(),
+    crossReplicaWake: () => wakeListener?.isLive ?? false,
+    checkNotifyUrl: (url): Promise<void> => notifications.checkNotifyUrl(url),
   });
+  const notifications = new NotificationService({ repo: notificationRepo, tasks, guard, wake: () => deliveryWorker?.wake() });
   const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
   const reconciler = new Reconciler(
     { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
@@ -159,7 +197,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     maxBodyBytes: config.maxBodyBytes,
     drain,
     partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
+    clientFacing: [notificationRoutes(notifications)],
   });
+
+  await wakeListener?.start();
 
   const server = await listen(app, config.host, opts.port ?? config.port);
   const address = server.address();
@@ -170,6 +211,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     inboxSafetyNet.start();
     reconciler.start();
     housekeeping.start();
+    deliveryWorker?.start();
   }
 
   let stopped: Promise<void> | undefined;
@@ -184,14 +226,35 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), deliveryWorker?.stop(), wakeListener?.stop()]);
       await dispatcher.drain();
+      sender?.close();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, stop };
+}
+
+/**
+ * What the LISTEN connection does with a settled task id: if requests here wait on it, read it once (one
+ * read shared by all of them) and wake them; on reconnect, do that for every waited task.
+ */
+function settledWake(repo: TaskRepository, notifier: TaskNotifier, logger: Logger): { onSettled: (id: string) => void; onResync: () => void } {
+  const reading = new Map<string, Promise<void>>();
+  const reread = (id: string) => {
+    if (!notifier.hasWatchers(id) || reading.has(id)) return;
+    const p = repo
+      .findById(id)
+      .then((row) => {
+        if (row) notifier.changed(row);
+      })
+      .catch((err: unknown) => logger.warn({ err, taskId: id }, 'could not read a settled task for its waiters'))
+      .finally(() => reading.delete(id));
+    reading.set(id, p);
+  };
+  return { onSettled: reread, onResync: () => notifier.watchedIds().forEach(reread) };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -23,6 +23,13 @@ export const DEFAULTS = Object.freeze({
   reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
   retentionDays: 30,
+  notifyTimeoutMs: 5000,
+  /** The schedule Svix publishes: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. */
+  notifyScheduleSeconds: '5,300,1800,7200,18000,36000,36000',
+  /** Notification attempts in flight per process. */
+  notifyConcurrency: 32,
+  /** Attempts in flight per receiver host and process, so one slow receiver cannot take every slot. */
+  notifyHostConcurrency: 4,
 });
 
 /** The example partners file shipped with the service: one partner served by the bundled simulator. */
@@ -54,6 +61,20 @@ const envSchema = z.object({
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
+  NOTIFY_SECRET: z
+    .string()
+    .regex(/^whsec_[A-Za-z0-9+/]{22,}={0,2}$/, 'must be whsec_ followed by a base64 key of at least 16 bytes')
+    .optional(),
+  NOTIFY_TIMEOUT_MS: intFromEnv(100, 120_000).default(DEFAULTS.notifyTimeoutMs),
+  NOTIFY_SCHEDULE_SECONDS: z
+    .string()
+    .default(DEFAULTS.notifyScheduleSeconds)
+    .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean).map(Number))
+    .refine((list) => list.length >= 1 && list.length <= 50 && list.every((n) => Number.isFinite(n) && n >= 0 && n <= 30 * 86_400), 'must be 1-50 comma-separated waits in seconds (0 to 2592000)'),
+  NOTIFY_ALLOWED_HOSTS: z.string().optional(),
+  NOTIFY_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyConcurrency),
+  NOTIFY_HOST_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyHostConcurrency),
+  LONG_POLL_NOTIFY: z.enum(['true', 'false']).default('true'),
 });
 
 export interface Config {
@@ -82,6 +103,20 @@ export interface Config {
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
   readonly retentionDays: number;
+  /** Unset: no notification is sent and a task with a notifyUrl is refused (422). */
+  readonly notifySecret: string | undefined;
+  readonly notifyTimeoutMs: number;
+  /** Waits before each retry of a notification, in seconds; past the last one it is `failed`. */
+  readonly notifyScheduleSeconds: readonly number[];
+  /** `host` or `host:port` (lower case) allowed as notifyUrl although private or loopback. */
+  readonly notifyAllowedHosts: readonly string[];
+  readonly notifyConcurrency: number;
+  readonly notifyHostConcurrency: number;
+  /**
+   * Final transitions issue a Postgres NOTIFY so `waitSeconds` reads on every replica wake at once. False
+   * (e.g. behind a transaction-pooling PgBouncer, which cannot LISTEN) falls back to re-reading every 500 ms.
+   */
+  readonly longPollNotify: boolean;
 }
 
 /** Raised when the environment is invalid; the message names every bad variable. */
@@ -141,7 +176,23 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     retentionDays: e.RETENTION_DAYS,
+    notifySecret: e.NOTIFY_SECRET,
+    notifyTimeoutMs: e.NOTIFY_TIMEOUT_MS,
+    notifyScheduleSeconds: Object.freeze(e.NOTIFY_SCHEDULE_SECONDS),
+    notifyAllowedHosts: Object.freeze(parseAllowedHosts(e.NOTIFY_ALLOWED_HOSTS)),
+    notifyConcurrency: e.NOTIFY_CONCURRENCY,
+    notifyHostConcurrency: e.NOTIFY_HOST_CONCURRENCY,
+    longPollNotify: e.LONG_POLL_NOTIFY === 'true',
   });
+}
+
+/** `a.example, [::1]:8080, LOCALHOST` → `['a.example', '[::1]:8080', 'localhost']` (hosts compare in lower case). */
+function parseAllowedHosts(value: string | undefined): string[] {
+  const hosts = (value ?? '').split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+  for (const h of hosts) {
+    if (/[/?#@\s]/.test(h)) throw new ConfigError(`NOTIFY_ALLOWED_HOSTS: "${h}" must be a host or host:port`);
+  }
+  return hosts;
 }
 
 /** The bundled file sits at the repository root; __dirname differs between `dist/src/config` and `src/config`. */

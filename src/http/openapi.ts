@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { notificationEventSchema, notificationListSchema, notificationSchema } from '../notifications/notification-schemas';
 import {
   createTaskBodySchema,
   partnerListSchema,
@@ -21,7 +22,7 @@ const common = { '401': problem('No or bad API key') };
  */
 export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): Record<string, unknown> {
   const registry = z.registry<{ id: string }>();
-  for (const schema of [createTaskBodySchema, taskSchema, taskListSchema, taskEventListSchema, partnerListSchema, problemSchema]) {
+  for (const schema of [createTaskBodySchema, taskSchema, taskListSchema, taskEventListSchema, partnerListSchema, problemSchema, notificationSchema, notificationListSchema, notificationEventSchema]) {
     registry.add(schema, { id: schema.meta()!.id as string });
   }
   const { schemas } = z.toJSONSchema(registry, { target: 'draft-2020-12', io: 'input', uri: (id) => `#/components/schemas/${id}` });
@@ -80,6 +81,20 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
           responses: { '202': { description: 'Accepted; the task as it is now', content: json('Task') }, '404': problem('No such task'), ...common },
         },
       },
+      '/v1/tasks/{id}/notifications': {
+        get: {
+          summary: "The task's outcome notifications (to its notifyUrl)",
+          parameters: [idParam],
+          responses: { '200': { description: 'Notifications, oldest first', content: json('NotificationList') }, '404': problem('No such task'), ...common },
+        },
+      },
+      '/v1/tasks/{id}/notifications/{nid}/redeliver': {
+        post: {
+          summary: 'Send a notification again now, with the same webhook-id (also when failed or gone)',
+          parameters: [idParam, { name: 'nid', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
+          responses: { '202': { description: 'Accepted; the notification as it is now', content: json('Notification') }, '404': problem('No such task or notification'), ...common },
+        },
+      },
       '/v1/partners/{partner}/tasks/{requestNo}': {
         get: {
           summary: 'Read a task by its request number',
@@ -129,6 +144,27 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
       '/readyz': { get: { summary: 'Database answers and migrations are current', security: [], responses: { '200': { description: 'Ready' }, '503': problem('Not ready') } } },
       '/metrics': { get: { summary: 'Prometheus metrics', security: [], responses: { '200': { description: 'Prometheus text' } } } },
       ...extraPaths,
+    },
+    webhooks: {
+      taskOutcome: {
+        post: {
+          summary: "Sent to a task's notifyUrl when it reaches succeeded, failed, rejected or expired (again if an expired task settles)",
+          description:
+            'Standard Webhooks: verify webhook-signature (v1, HMAC-SHA256 of "id.timestamp.body" with NOTIFY_SECRET) and de-duplicate on webhook-id, ' +
+            'which is the same on every retry. 2xx within NOTIFY_TIMEOUT_MS is delivered; 410 stops the retries; anything else is retried on NOTIFY_SCHEDULE_SECONDS.',
+          security: [],
+          parameters: [
+            { name: 'webhook-id', in: 'header', required: true, schema: { type: 'string' } },
+            { name: 'webhook-timestamp', in: 'header', required: true, schema: { type: 'string' } },
+            { name: 'webhook-signature', in: 'header', required: true, schema: { type: 'string' } },
+          ],
+          requestBody: { required: true, content: json('NotificationEvent') },
+          responses: {
+            '200': { description: 'Received (any 2xx)' },
+            '410': { description: 'Gone: never send this notification again' },
+          },
+        },
+      },
     },
   };
 }

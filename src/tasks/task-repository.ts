@@ -74,7 +74,20 @@ export interface TransitionResult {
   previousStatus?: TaskStatus;
   /** The row after the move when applied. */
   task?: TaskRow;
+  /** The outbox row written with the move (a final status of a task with a notifyUrl). */
+  notificationId?: string;
 }
+
+/** What a final transition does besides the move, fixed per process (so the statement stays prepared once). */
+export interface FinalTransitionEffects {
+  /** Write the notification outbox row for a task with a notifyUrl (NOTIFY_SECRET is set). */
+  outbox?: boolean;
+  /** `pg_notify` this channel with the task id, waking `waitSeconds` readers on every replica. */
+  wakeChannel?: string | null;
+}
+
+/** Statuses a `waitSeconds` read waits for, and on reaching which a client is notified. */
+const SETTLED_STATUSES: readonly TaskStatus[] = [...FINAL_STATUSES, 'expired'];
 
 export interface ListFilter {
   status?: TaskStatus;
@@ -97,6 +110,7 @@ export class TaskRepository {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly pool?: Pool,
+    private readonly effects: FinalTransitionEffects = {},
   ) {}
 
   /**
@@ -189,7 +203,9 @@ export class TaskRepository {
     const reported = spec.reported ?? null;
 
     const inboxId = spec.inboxId ?? null;
-    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean }>`
+    const outbox = this.effects.outbox ?? false;
+    const wakeChannel = this.effects.wakeChannel ?? null;
+    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean; notification_id: string | null; woken: number }>`
       with inbox as (
         select id from callback_inbox where id = ${inboxId}::bigint and outcome = 'queued' for update
       ), cur as (
@@ -222,9 +238,24 @@ export class TaskRepository {
                          when exists (select 1 from conflict_event) then 'conflict'
                          else 'ignored' end
         where id = (select id from inbox) and exists (select 1 from cur)
+      ), settled as (
+        select * from upd where upd.status = any(${textArray(SETTLED_STATUSES)}) and upd.from_status is distinct from upd.status
+      ), outbox as (
+        -- The transactional outbox: the notification is committed with the move or not at all.
+        insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
+        select gen_random_uuid(), settled.id, 'task.' || settled.status, settled.notify_url,
+               lower(coalesce(substring(settled.notify_url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)'), '')),
+               to_jsonb(settled) - 'from_status' - 'body_hash' - 'lease_owner' - 'lease_expires_at', ${spec.now}, 'pending', now()
+        from settled
+        where ${outbox}::boolean and settled.notify_url is not null
+        returning id
+      ), woken as (
+        -- Only on settling moves: NOTIFY serialises committing transactions that issue it (see ARCHITECTURE.md).
+        select pg_notify(${wakeChannel}::text, settled.id::text) from settled where ${wakeChannel}::text is not null
       )
       select (select status from cur) as current_status, (select count(*) from conflict_event) as conflicts,
-             exists (select 1 from inbox) as inbox_claimed, upd.*
+             exists (select 1 from inbox) as inbox_claimed, (select id from outbox) as notification_id,
+             (select count(*) from woken) as woken, upd.*
       from (select 1) as one left join upd on true`);
 
     const row = rows[0]!;
@@ -232,8 +263,8 @@ export class TaskRepository {
       return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
     }
     if (row.from_status !== null) {
-      const { current_status: _c, from_status: _f, conflicts: _n, inbox_claimed: _i, ...task } = row;
-      return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
+      const { current_status: _c, from_status: _f, conflicts: _n, inbox_claimed: _i, notification_id: notificationId, woken: _w, ...task } = row;
+      return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow, ...(notificationId ? { notificationId } : {}) };
     }
     return { outcome: row.conflicts > 0 ? 'conflict' : 'ignored', previousStatus: row.current_status };
   }

@@ -13,6 +13,8 @@ import type { TestDatabase } from './database';
 export const TEST_API_KEY = 'test-key-0123456789abcdef';
 export const TEST_SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 export const OTHER_SECRET = 'whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD';
+/** Signs outcome notifications in tests (NOTIFY_SECRET); pass `NOTIFY_SECRET: ''` in env to run without. */
+export const TEST_NOTIFY_SECRET = 'whsec_dGVzdC1ub3RpZnktc2VjcmV0LTAxMjM0NTY3';
 
 export interface TestService {
   runtime: Runtime;
@@ -69,6 +71,7 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     DATABASE_URL: opts.db.url,
     LOG_LEVEL: 'silent',
     SHUTDOWN_TIMEOUT_MS: '2000',
+    NOTIFY_SECRET: TEST_NOTIFY_SECRET,
     ...opts.env,
   });
   const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
