@@ -19,7 +19,7 @@ beforeAll(async () => {
   receiver = await startReceiver();
   svc = await startTestService({
     db,
-    env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_SCHEDULE_SECONDS: '0.2,1.5,0.2', NOTIFY_TIMEOUT_MS: '700' },
+    env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_SCHEDULE_SECONDS: '0.2,1.5,0.2', NOTIFY_TIMEOUT_MS: '2000' },
   });
 });
 afterAll(async () => {
@@ -91,7 +91,7 @@ test('410 Gone stops at once: one attempt, status gone, nothing further due', as
 });
 
 test('a receiver slower than NOTIFY_TIMEOUT_MS is retried, and the next, prompt attempt is delivered', async () => {
-  receiver.on('/slow', (n) => ({ status: 200, delayMs: n === 1 ? 2500 : 0 }));
+  receiver.on('/slow', (n) => ({ status: 200, delayMs: n === 1 ? 5000 : 0 }));
   const task = await settlingTask('/slow');
   const items = await notificationsWhen(svc.api, task.id, (n) => n[0]?.status === 'delivered', 'the retry to be delivered');
   expect(items[0]).toMatchObject({ status: 'delivered', attempts: 2, lastStatusCode: 200 });
@@ -101,7 +101,7 @@ test('a receiver slower than NOTIFY_TIMEOUT_MS is retried, and the next, prompt 
 });
 
 test('the timed-out attempt is recorded as a timeout while the retry waits', async () => {
-  receiver.on('/always-slow', () => ({ status: 200, delayMs: 3000 }));
+  receiver.on('/always-slow', () => ({ status: 200, delayMs: 5000 }));
   const task = await settlingTask('/always-slow');
   const items = await notificationsWhen(svc.api, task.id, (n) => (n[0]?.attempts ?? 0) >= 1, 'the first attempt to time out');
   expect(items[0]!.lastError).toMatch(/timeout/);
@@ -158,7 +158,7 @@ test('redeliver sends again now with the same webhook-id, also once gone; unknow
 });
 
 test('an expired task that later settles is notified twice: task.expired, then task.succeeded', async () => {
-  const task = await createTask(svc.api, { partner: 'sim', requestNo: uniqueRequestNo('exp'), payload: NO_CALLBACK, notifyUrl: `${receiver.url}/expiry` });
+  const task = await createTask(svc.api, { partner: 'sim', requestNo: uniqueRequestNo('exp'), payload: { simulate: NO_CALLBACK }, notifyUrl: `${receiver.url}/expiry` });
   await eventually(async () => (await svc.api.get(`/v1/tasks/${task.id}`)).data.status === 'dispatched', 'the dispatch');
   const now = () => svc.runtime.clock.now();
   expect((await svc.runtime.transitions.apply('sim', { taskId: task.id, to: 'expired', source: 'expiry', now: now(), changes: { nextCheckAt: null } })).outcome).toBe('applied');
@@ -200,7 +200,7 @@ describe('NOTIFY_SECRET unset', () => {
     expect(errorFields(expectProblem(res, 422))).toEqual(['notifyUrl']);
     expect(await countRows(db)).toEqual(before);
     // Without a notifyUrl it is business as usual.
-    expect((await off.api.post('/v1/tasks', { partner: 'sim', requestNo: uniqueRequestNo('off'), payload: NO_CALLBACK })).status).toBe(201);
+    expect((await off.api.post('/v1/tasks', { partner: 'sim', requestNo: uniqueRequestNo('off'), payload: { simulate: NO_CALLBACK } })).status).toBe(201);
     expect(await listNotifications(off.api, (await off.api.get('/v1/tasks?limit=1')).data.items[0].id)).toEqual([]);
   });
 });
