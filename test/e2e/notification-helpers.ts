@@ -15,7 +15,7 @@ export interface Arrival {
 }
 
 /** What the receiver answers to the n-th (1-based) request on a path. */
-export type Script = (n: number, arrival: Arrival) => { status: number; headers?: Record<string, string>; delayMs?: number };
+export type Script = (n: number, arrival: Arrival) => { status: number; headers?: Record<string, string>; delayMs?: number; until?: Promise<void> };
 
 /**
  * A client's notification receiver on 127.0.0.1 (the only address tests send notifications to). Each
@@ -40,7 +40,8 @@ export async function startReceiver(port = 0): Promise<TestReceiver> {
       arrivals.push(arrival);
       const n = arrivals.filter((a) => a.path === path).length;
       const answer = scripts.get(path)?.(n, arrival) ?? { status: 204 };
-      if (answer.delayMs) await new Promise((r) => setTimeout(r, answer.delayMs));
+      if (answer.delayMs) await new Promise((r) => setTimeout(r, answer.delayMs).unref());
+      if (answer.until) await answer.until;
       if (res.destroyed) return;
       res.writeHead(answer.status, answer.headers ?? {});
       res.end();

@@ -204,3 +204,18 @@ describe('NOTIFY_SECRET unset', () => {
     expect(await listNotifications(off.api, (await off.api.get('/v1/tasks?limit=1')).data.items[0].id)).toEqual([]);
   });
 });
+
+test('/openapi.json describes the notification routes and the notification body as an OpenAPI 3.1 webhook', async () => {
+  const doc = (await svc.api.get('/openapi.json')).data as Record<string, any>;
+  expect(doc.openapi).toMatch(/^3\.1/);
+  expect(Object.keys(doc.paths['/v1/tasks/{id}/notifications'])).toEqual(['get']);
+  expect(doc.paths['/v1/tasks/{id}/notifications'].get.responses['200'].content['application/json'].schema).toEqual({ $ref: '#/components/schemas/NotificationList' });
+  expect(Object.keys(doc.paths['/v1/tasks/{id}/notifications/{nid}/redeliver'].post.responses)).toEqual(expect.arrayContaining(['202', '404']));
+  const hook = doc.webhooks.taskOutcome.post;
+  expect(hook.requestBody.content['application/json'].schema).toEqual({ $ref: '#/components/schemas/NotificationEvent' });
+  expect(hook.parameters.map((p: { name: string }) => p.name)).toEqual(['webhook-id', 'webhook-timestamp', 'webhook-signature']);
+  const event = doc.components.schemas.NotificationEvent;
+  expect(event.properties.data).toEqual({ $ref: '#/components/schemas/Task' });
+  expect(event.properties.type.enum).toEqual(['task.succeeded', 'task.failed', 'task.rejected', 'task.expired']);
+  expect(doc.components.schemas.Notification.properties.status.enum).toEqual(['pending', 'delivered', 'failed', 'gone']);
+});
