@@ -19,10 +19,11 @@ import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
+import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { TASK_SETTLED_CHANNEL, TaskWakeListener } from './tasks/task-wake-listener';
-import { AddressGuard } from './notifications/address-guard';
+import { AddressGuard, type Resolver } from './notifications/address-guard';
 import { DeliveryWorker } from './notifications/delivery-worker';
 import { NotificationRepository } from './notifications/notification-repository';
 import { notificationRoutes } from './notifications/notification-routes';
@@ -52,6 +53,13 @@ export interface RuntimeOptions {
   port?: number;
   /** False: do not start the reconciler, housekeeping and safety net (tests drive them with runOnce). */
   background?: boolean;
+  /**
+   * False: notifications are written to the outbox but never sent (tests whose tasks carry arbitrary
+   * notifyUrls, so no test traffic can leave for a real address). Default true.
+   */
+  deliverNotifications?: boolean;
+  /** How notifyUrl host names are resolved for the address checks (tests inject one; default: the system's). */
+  notifyResolver?: Resolver;
 }
 
 /** Everything one running service holds; tests reach into it, main only starts and stops it. */
@@ -82,6 +90,8 @@ export interface Runtime {
   readonly deliveryWorker: DeliveryWorker | undefined;
   /** Undefined when LONG_POLL_NOTIFY is false. */
   readonly wakeListener: TaskWakeListener | undefined;
+  /** The `waitSeconds` reads held open now, and their cap. */
+  readonly longPolls: LongPollLimit;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -98,16 +108,23 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-  const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
+  // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
+  const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
   try {
-    const applied = await migrateToLatest(database.db);
+    const applied = await migrateToLatest(migration.db);
     if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-  } catch (err) {
-    await database.close();
-    throw err;
+  } finally {
+    await migration.close();
   }
+  const database = openDatabase({
+    url: databaseUrl,
+    poolSize: config.dbPoolSize,
+    connectTimeoutMs: config.dbConnectTimeoutMs,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+  });
 
   const metrics = new Metrics({ defaultMetrics: true });
+  metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool, {
     outbox: config.notifySecret !== undefined,
@@ -115,9 +132,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
   const notifier = new TaskNotifier();
   const notificationRepo = new NotificationRepository(database.db, database.pool);
-  const guard = config.notifySecret === undefined ? undefined : new AddressGuard({ allowedHosts: config.notifyAllowedHosts });
+  const guard = config.notifySecret === undefined ? undefined : new AddressGuard({ allowedHosts: config.notifyAllowedHosts, ...(opts.notifyResolver ? { resolver: opts.notifyResolver } : {}) });
   const sender = config.notifySecret === undefined || !guard ? undefined : new NotificationSender(config.notifySecret, guard, config.notifyTimeoutMs, config.notifyHostConcurrency);
-  const deliveryWorker = sender
+  const deliveryWorker = sender && opts.deliverNotifications !== false
     ? new DeliveryWorker(
         { repo: notificationRepo, sender, metrics, logger, instanceId },
         {
@@ -187,7 +204,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   const drain = new HttpDrain();
+  const longPolls = new LongPollLimit(config.maxLongPollWaiters);
   const app = buildApp({
+    longPolls,
     db: database.db,
     logger,
     metrics,
@@ -234,7 +253,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, longPolls, stop };
 }
 
 /**

@@ -16,7 +16,7 @@ let out = '';
 
 beforeAll(async () => {
   db = await createTestDatabase();
-  svc = await startTestService({ db, env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1' } });
+  svc = await startTestService({ notifications: true, db, env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1' } });
 });
 afterAll(async () => {
   child?.kill('SIGKILL');

@@ -20,8 +20,8 @@ let receiver: TestReceiver;
 beforeAll(async () => {
   db = await createTestDatabase();
   receiver = await startReceiver();
-  strict = await startTestService({ db, background: false, env: { NOTIFY_SCHEDULE_SECONDS: '0.2,0.2,0.2' } });
-  allowing = await startTestService({ db, simulator: strict.simulator, background: false, env: { NOTIFY_ALLOWED_HOSTS: `127.0.0.1,localhost:${receiver.port}` } });
+  strict = await startTestService({ notifications: true, db, background: false, env: { NOTIFY_SCHEDULE_SECONDS: '0.2,0.2,0.2' } });
+  allowing = await startTestService({ notifications: true, db, simulator: strict.simulator, background: false, env: { NOTIFY_ALLOWED_HOSTS: `127.0.0.1,localhost:${receiver.port}` } });
 });
 afterAll(async () => {
   await allowing?.stop();

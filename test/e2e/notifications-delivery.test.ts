@@ -17,7 +17,7 @@ let receiver: TestReceiver;
 beforeAll(async () => {
   db = await createTestDatabase();
   receiver = await startReceiver();
-  svc = await startTestService({
+  svc = await startTestService({ notifications: true,
     db,
     env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_SCHEDULE_SECONDS: '0.2,1.5,0.2', NOTIFY_TIMEOUT_MS: '2000' },
   });
@@ -190,7 +190,7 @@ test('metrics: notifications_total by outcome, the delivery histogram, the pendi
 describe('NOTIFY_SECRET unset', () => {
   let off: TestService;
   beforeAll(async () => {
-    off = await startTestService({ db, simulator: svc.simulator, env: { NOTIFY_SECRET: '', NOTIFY_ALLOWED_HOSTS: '127.0.0.1' }, background: false });
+    off = await startTestService({ notifications: true, db, simulator: svc.simulator, env: { NOTIFY_SECRET: '', NOTIFY_ALLOWED_HOSTS: '127.0.0.1' }, background: false });
   });
   afterAll(async () => off?.stop());
 

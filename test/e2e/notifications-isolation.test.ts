@@ -19,7 +19,7 @@ let broken: TestReceiver;
 beforeAll(async () => {
   db = await createTestDatabase();
   [slow, fast, broken] = await Promise.all([startReceiver(), startReceiver(), startReceiver()]);
-  svc = await startTestService({
+  svc = await startTestService({ notifications: true,
     db,
     env: { NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_HOST_CONCURRENCY: '2', NOTIFY_TIMEOUT_MS: '10000', NOTIFY_SCHEDULE_SECONDS: Array.from({ length: 30 }, () => '0.1').join(',') },
   });

@@ -21,8 +21,8 @@ beforeAll(async () => {
   db = await createTestDatabase();
   receiver = await startReceiver();
   const env = { NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_SCHEDULE_SECONDS: '0.5,0.5,0.5' };
-  a = await startTestService({ db, env });
-  b = await startTestService({ db, simulator: a.simulator, env });
+  a = await startTestService({ notifications: true, db, env });
+  b = await startTestService({ notifications: true, db, simulator: a.simulator, env });
 });
 afterAll(async () => {
   await b?.stop();
@@ -92,7 +92,7 @@ test('cross-replica long-poll wake: a waitSeconds read on B answers right after 
 });
 
 test('with LONG_POLL_NOTIFY=false there is no LISTEN connection and a waiter falls back to re-reading', async () => {
-  const c = await startTestService({ db, simulator: a.simulator, background: false, env: { LONG_POLL_NOTIFY: 'false' } });
+  const c = await startTestService({ notifications: true, db, simulator: a.simulator, background: false, env: { LONG_POLL_NOTIFY: 'false' } });
   try {
     expect(c.runtime.wakeListener).toBeUndefined();
     const requestNo = uniqueRequestNo('nolisten');

@@ -37,6 +37,12 @@ export interface TestServiceOptions {
   simulator?: Simulator;
   /** False: no reconciler, housekeeping or safety-net loops; the test drives them (e.g. `runtime.reconciler.runOnce()`). */
   background?: boolean;
+  /**
+   * True: deliver outcome notifications. Off by default, so a test whose tasks carry arbitrary notifyUrls
+   * (fuzzing, examples like https://client.example) never sends anything anywhere; the tests that turn it
+   * on send only to 127.0.0.1.
+   */
+  notifications?: boolean;
 }
 
 /** Writes a partners file for tests and returns its path. */
@@ -80,6 +86,10 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     logger,
     ...(opts.clock ? { clock: opts.clock } : {}),
     ...(opts.background !== undefined ? { background: opts.background } : {}),
+    deliverNotifications: opts.notifications ?? false,
+    // No DNS from tests: host names never resolve here (accepted at create, refused at connect), so only
+    // IP literals and localhost decide; the name checks are covered with injected resolvers in unit tests.
+    notifyResolver: async () => [],
   });
   const api = axios.create({
     baseURL: runtime.url,
