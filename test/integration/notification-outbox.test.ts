@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
+import { Client } from 'pg';
 import pino from 'pino';
+import { InboxRepository } from '../../src/callbacks/inbox-repository';
 import { ManualClock } from '../../src/clock';
 import { NotificationRepository } from '../../src/notifications/notification-repository';
 import { Metrics } from '../../src/observability/metrics';
@@ -112,4 +114,98 @@ test('retention deletes done notifications past the retention with the events, n
   expect(await rowsOf(byStatus.gone!)).toEqual([]);
   expect(await rowsOf(byStatus.pending!)).toHaveLength(1);
   expect(await rowsOf(recent)).toHaveLength(1);
+});
+
+describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_SQL)', () => {
+  const channel = 'cr_test_settled';
+  let listener: Client;
+  const heard: string[] = [];
+  beforeAll(async () => {
+    listener = new Client({ connectionString: db.url });
+    await listener.connect();
+    listener.on('notification', (m) => {
+      if (m.channel === channel) heard.push(m.payload ?? '');
+    });
+    await listener.query(`listen ${channel}`);
+  });
+  afterAll(async () => {
+    await listener?.end();
+  });
+  /** Waits (bounded) until the listener heard every id; NOTIFY arrives after the commit, asynchronously. */
+  async function heardAll(ids: string[]): Promise<void> {
+    const deadline = Date.now() + 20_000;
+    while (!ids.every((id) => heard.includes(id)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+  }
+
+  test('transitionMany: one notification and one wake per settled task, written by the one statement', async () => {
+    const effects = { outbox: true, wakeChannel: channel };
+    const repo = new TaskRepository(db.handle.db, db.handle.pool, effects);
+    const a = await newTask('https://a.example/h');
+    const b = await newTask('https://b.example/h');
+    const plain = await newTask(null);
+    const moving = await newTask('https://m.example/h');
+    const now = new Date();
+    const results = await repo.transitionMany([
+      { taskId: a, to: 'succeeded', source: 'poll', now, changes: { result: { v: 1 }, settledBy: 'poll', nextCheckAt: null } },
+      { taskId: b, to: 'failed', source: 'poll', now, changes: { error: { v: 2 }, settledBy: 'poll', nextCheckAt: null } },
+      { taskId: plain, to: 'succeeded', source: 'poll', now },
+      { taskId: moving, to: 'dispatched', source: 'dispatch', now },
+    ]);
+    expect(results.map((r) => r.outcome)).toEqual(['applied', 'applied', 'applied', 'applied']);
+    expect(results[0]!.notificationId).toBeDefined();
+    expect(results[1]!.notificationId).toBeDefined();
+    expect(results[0]!.notificationId).not.toBe(results[1]!.notificationId);
+    expect(results[2]!.notificationId).toBeUndefined();
+    expect(results[3]!.notificationId).toBeUndefined();
+    expect((await rowsOf(a)).map((r) => r.type)).toEqual(['task.succeeded']);
+    expect((await rowsOf(b)).map((r) => r.type)).toEqual(['task.failed']);
+    expect(await rowsOf(plain)).toEqual([]);
+    expect(await rowsOf(moving)).toEqual([]);
+    // The snapshot is the task only: none of the statement's bookkeeping columns.
+    const snap = (await rowsOf(a))[0]!.task_snapshot;
+    expect(snap).toMatchObject({ id: a, status: 'succeeded', result: { v: 1 } });
+    for (const k of ['moved_ord', 'from_status', 'settled_at', 'write_outbox', 'wake_channel', 'lease_owner', 'body_hash']) expect(snap).not.toHaveProperty(k);
+
+    // Woken once per settled task (also the one without a notifyUrl), not for the non-settling move.
+    await heardAll([a, b, plain]);
+    expect(heard.filter((x) => [a, b, plain, moving].includes(x)).sort()).toEqual([a, b, plain].sort());
+
+    // An expired task that later settles notifies again (one more row), in a batch too.
+    const exp = await newTask('https://e.example/h');
+    expect((await repo.transitionMany([{ taskId: exp, to: 'expired', source: 'expiry', now }]))[0]!.notificationId).toBeDefined();
+    const late = await repo.transitionMany([{ taskId: exp, to: 'succeeded', source: 'poll', now: new Date(), changes: { settledBy: 'poll' } }]);
+    expect(late[0]!.outcome).toBe('applied');
+    expect(late[0]!.notificationId).toBeDefined();
+    expect((await rowsOf(exp)).map((r) => r.type)).toEqual(['task.expired', 'task.succeeded']);
+  });
+
+  test('storeAndApply: a callback stored and applied in one statement writes the outbox and wakes too', async () => {
+    const inbox = new InboxRepository(db.handle.db, db.handle.pool, { outbox: true, wakeChannel: channel });
+    const id = await newTask('https://cb.example/h');
+    const requestNo = (await withOutbox.findById(id))!.request_no;
+    const now = new Date();
+    const [r] = await inbox.storeAndApply([
+      {
+        row: { partner: 'p', webhookId: `w-${id}`, requestNo, reportedStatus: 'succeeded', result: { ok: 1 }, error: undefined, rawBody: '{}', receivedAt: now, outcome: 'queued' },
+        spec: { taskId: randomUUID(), to: 'succeeded', source: 'callback', now, reported: 'succeeded', changes: { result: { ok: 1 }, settledBy: 'callback', nextCheckAt: null }, detail: { type: 'callback' } },
+      },
+    ]);
+    expect(r).toMatchObject({ stored: true, taskId: id, applied: { outcome: 'applied', notificationId: expect.any(String) } });
+    expect((await rowsOf(id)).map((x) => x.type)).toEqual(['task.succeeded']);
+    await heardAll([id]);
+    expect(heard.filter((x) => x === id)).toHaveLength(1);
+
+    // With the outbox off (NOTIFY_SECRET unset) and no channel: no row, no wake.
+    const off = new InboxRepository(db.handle.db, db.handle.pool);
+    const quiet = await newTask('https://cb.example/h');
+    const [q] = await off.storeAndApply([
+      {
+        row: { partner: 'p', webhookId: `w-${quiet}`, requestNo: (await withOutbox.findById(quiet))!.request_no, reportedStatus: 'failed', result: undefined, error: { e: 1 }, rawBody: '{}', receivedAt: now, outcome: 'queued' },
+        spec: { taskId: randomUUID(), to: 'failed', source: 'callback', now, reported: 'failed', changes: { error: { e: 1 }, settledBy: 'callback', nextCheckAt: null } },
+      },
+    ]);
+    expect(q).toMatchObject({ stored: true, applied: { outcome: 'applied' } });
+    expect(q!.stored && q!.applied?.notificationId).toBeUndefined();
+    expect(await rowsOf(quiet)).toEqual([]);
+  });
 });
