@@ -28,6 +28,8 @@ export interface AppDeps {
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
+  /** More client API routers, mounted behind the API key after the task routes (notifications). */
+  clientFacing?: express.Router[];
   openApiExtraPaths?: OpenApiPaths;
   /** Named in the OpenAPI document's `servers` (PUBLIC_BASE_URL). */
   publicBaseUrl?: string;
@@ -53,6 +55,7 @@ export function buildApp(deps: AppDeps): Express {
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes, deps.longPolls ?? new LongPollLimit(Number.MAX_SAFE_INTEGER)));
+  for (const router of deps.clientFacing ?? []) app.use(router);
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));
   return app;

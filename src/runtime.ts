@@ -25,12 +25,21 @@ import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
+import { TASK_SETTLED_CHANNEL, TaskWakeListener } from './tasks/task-wake-listener';
+import { AddressGuard, type Resolver } from './notifications/address-guard';
+import { DeliveryWorker } from './notifications/delivery-worker';
+import { NotificationRepository } from './notifications/notification-repository';
+import { notificationRoutes } from './notifications/notification-routes';
+import { NotificationSender } from './notifications/notification-sender';
+import { NotificationService } from './notifications/notification-service';
 import { Housekeeping } from './reconciler/housekeeping';
 import { Reconciler } from './reconciler/reconciler';
 import { TaskChecker } from './reconciler/task-checker';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
+/** How often the delivery worker looks for notifications written by other replicas or due for a retry. */
+export const NOTIFY_POLL_MS = 1000;
 
 /** A check is at most a status query and then a dispatch, each bounded by its timeout. */
 function worstCheckMs(partner: PartnerConfig | undefined): number {
@@ -62,6 +71,13 @@ export interface RuntimeOptions {
   port?: number;
   /** False: do not start the reconciler, housekeeping and safety net (tests drive them with runOnce). */
   background?: boolean;
+  /**
+   * False: notifications are written to the outbox but never sent (tests whose tasks carry arbitrary
+   * notifyUrls, so no test traffic can leave for a real address). Default true.
+   */
+  deliverNotifications?: boolean;
+  /** How notifyUrl host names are resolved for the address checks (tests inject one; default: the system's). */
+  notifyResolver?: Resolver;
   /** Aborts the start-up wait for the database (a signal arrived meanwhile). */
   signal?: AbortSignal;
   /** Called once the server listens, before the database is waited for (main logs it; tests probe /readyz). */
@@ -90,6 +106,12 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  readonly notifications: NotificationService;
+  readonly notificationRepo: NotificationRepository;
+  /** Undefined when NOTIFY_SECRET is unset. */
+  readonly deliveryWorker: DeliveryWorker | undefined;
+  /** Undefined when LONG_POLL_NOTIFY is false. */
+  readonly wakeListener: TaskWakeListener | undefined;
   /** The `waitSeconds` reads held open now, and their cap. */
   readonly longPolls: LongPollLimit;
   /**
@@ -118,8 +140,29 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const metrics = new Metrics({ defaultMetrics: true });
   metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
-  const repo = new TaskRepository(database.db, database.pool);
+  const finalEffects = {
+    outbox: config.notifySecret !== undefined,
+    wakeChannel: config.longPollNotify ? TASK_SETTLED_CHANNEL : null,
+  };
+  const repo = new TaskRepository(database.db, database.pool, finalEffects);
   const notifier = new TaskNotifier();
+  const notificationRepo = new NotificationRepository(database.db, database.pool);
+  const guard = config.notifySecret === undefined ? undefined : new AddressGuard({ allowedHosts: config.notifyAllowedHosts, ...(opts.notifyResolver ? { resolver: opts.notifyResolver } : {}) });
+  const sender = config.notifySecret === undefined || !guard ? undefined : new NotificationSender(config.notifySecret, guard, config.notifyTimeoutMs, config.notifyHostConcurrency);
+  const deliveryWorker = sender && opts.deliverNotifications !== false
+    ? new DeliveryWorker(
+        { repo: notificationRepo, sender, metrics, logger, instanceId },
+        {
+          concurrency: config.notifyConcurrency,
+          hostConcurrency: config.notifyHostConcurrency,
+          timeoutMs: config.notifyTimeoutMs,
+          scheduleSeconds: config.notifyScheduleSeconds,
+          pollMs: NOTIFY_POLL_MS,
+        },
+      )
+    : undefined;
+  if (deliveryWorker) notifier.onOutboxWritten(() => deliveryWorker.wake());
+  const wakeListener = config.longPollNotify ? new TaskWakeListener({ url: databaseUrl, logger, connectTimeoutMs: config.dbConnectTimeoutMs, ...settledWake(repo, notifier, logger) }) : undefined;
   const transitionBatcher = new Batcher<TransitionSpec, TransitionResult>({
     name: 'transition',
     run: (specs) => repo.transitionMany(specs),
@@ -140,7 +183,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
   });
-  const inbox = new InboxRepository(database.db, database.pool);
+  // The same outbox and wake as the repo's: a callback stored and applied in one statement notifies too.
+  const inbox = new InboxRepository(database.db, database.pool, finalEffects);
   const callbackBatcher = new Batcher<StoreAndApply, StoreAndApplyResult>({
     name: 'callback',
     run: (items) => inbox.storeAndApply(items),
@@ -174,7 +218,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...batchOptions(config),
   });
   metrics.observeQueue('create', () => createBatcher.depth);
-  const tasks = new TaskService({
+  const tasks: TaskService = new TaskService({
     insertTask: (t) => createBatcher.submit(t),
     repo,
     partners,
@@ -186,7 +230,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     instanceId,
     applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
     nudgeReconciler: () => reconciler.nudge(),
+    crossReplicaWake: () => wakeListener?.isLive ?? false,
+    checkNotifyUrl: (url): Promise<void> => notifications.checkNotifyUrl(url),
   });
+  const notifications = new NotificationService({ repo: notificationRepo, tasks, guard, wake: () => deliveryWorker?.wake() });
   const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
   const reconciler = new Reconciler(
     { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
@@ -217,6 +264,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     maxBodyBytes: config.maxBodyBytes,
     drain,
     partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
+    clientFacing: [notificationRoutes(notifications)],
   });
 
   // Listen first, then wait for the database: a live but unready process (readiness 503, API 503 +
@@ -244,7 +292,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     } finally {
       await migration.close();
     }
+    // LISTEN once the database is there (the start-up wait above may take a while).
+    await wakeListener?.start();
   } catch (err) {
+    await wakeListener?.stop();
+    sender?.close();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
@@ -259,6 +311,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     inboxSafetyNet.start();
     reconciler.start();
     housekeeping.start();
+    deliveryWorker?.start();
   }
 
   let stopped: Promise<void> | undefined;
@@ -279,15 +332,38 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain()]);
+      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain(), wakeListener?.stop()]);
       await dispatcher.drain();
       await transitionBatcher.drain();
+      // After the last batched move: outbox rows it wrote are picked up now or by another replica later.
+      await deliveryWorker?.stop();
+      sender?.close();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, longPolls, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, longPolls, stop };
+}
+
+/**
+ * What the LISTEN connection does with a settled task id: if requests here wait on it, read it once (one
+ * read shared by all of them) and wake them; on reconnect, do that for every waited task.
+ */
+function settledWake(repo: TaskRepository, notifier: TaskNotifier, logger: Logger): { onSettled: (id: string) => void; onResync: () => void } {
+  const reading = new Map<string, Promise<void>>();
+  const reread = (id: string) => {
+    if (!notifier.hasWatchers(id) || reading.has(id)) return;
+    const p = repo
+      .findById(id)
+      .then((row) => {
+        if (row) notifier.changed(row);
+      })
+      .catch((err: unknown) => logger.warn({ err, taskId: id }, 'could not read a settled task for its waiters'))
+      .finally(() => reading.delete(id));
+    reading.set(id, p);
+  };
+  return { onSettled: reread, onResync: () => notifier.watchedIds().forEach(reread) };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { Pool } from 'pg';
 import { runPrepared, runRaw } from '../db/prepared';
-import { TRANSITION_COLUMNS, TRANSITION_CORE_SQL, transitionArrays, transitionResult, type TransitionResult, type TransitionRow, type TransitionSpec } from '../tasks/task-repository';
+import { TRANSITION_COLUMNS, TRANSITION_CORE_SQL, TRANSITION_EFFECTS_SELECT, transitionArrays, transitionResult, type TransitionResult, type FinalTransitionEffects, type TransitionRow, type TransitionSpec } from '../tasks/task-repository';
 import type { Database, InboxOutcome, InboxRow } from '../db/schema';
 
 export interface NewInboxRow {
@@ -89,6 +89,7 @@ const STORE_AND_APPLY_SQL = `
   )
   select c.ord as batch_ord, ins.id as inbox_id, v.task_id as found_task_id, cur.status as current_status, false as inbox_claimed,
          exists (select 1 from conflict_event e where e.task_id = v.task_id) as conflicted,
+         ${TRANSITION_EFFECTS_SELECT.trim()},
          upd.*
   from c
   left join ins on ins.partner = c.partner and ins.webhook_id = c.webhook_id
@@ -102,6 +103,8 @@ export class InboxRepository {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly pool?: Pool,
+    /** The same outbox and wake settings as the TaskRepository's: a callback that settles a task notifies too. */
+    private readonly effects: FinalTransitionEffects = {},
   ) {}
 
   /**
@@ -138,7 +141,7 @@ export class InboxRepository {
       throw new Error('storeAndApply takes definitive reports of callbacks not yet stored');
     }
     const params = [
-      ...transitionArrays(items.map((i) => i.spec)),
+      ...transitionArrays(items.map((i) => i.spec), this.effects),
       items.map((i) => i.row.partner),
       items.map((i) => i.row.webhookId),
       items.map((i) => i.row.requestNo),

@@ -32,6 +32,13 @@ export const DEFAULTS = Object.freeze({
   /** `waitSeconds` reads held open at once per process; beyond it they are answered at once. */
   maxLongPollWaiters: 1000,
   retentionDays: 30,
+  notifyTimeoutMs: 5000,
+  /** The schedule Svix publishes: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. */
+  notifyScheduleSeconds: '5,300,1800,7200,18000,36000,36000',
+  /** Notification attempts in flight per process. */
+  notifyConcurrency: 32,
+  /** Attempts in flight per receiver host and process, so one slow receiver cannot take every slot. */
+  notifyHostConcurrency: 4,
   /** Group commit: most items in one statement, and how long a batch waits for company while another is in flight. */
   batchMaxSize: 64,
   batchWindowMs: 1,
@@ -74,6 +81,20 @@ const envSchema = z.object({
   SHUTDOWN_READINESS_DELAY_MS: intFromEnv(0, 120_000).default(DEFAULTS.shutdownReadinessDelayMs),
   DB_STARTUP_TIMEOUT_MS: intFromEnv(0, 3_600_000).default(DEFAULTS.dbStartupTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
+  NOTIFY_SECRET: z
+    .string()
+    .regex(/^whsec_[A-Za-z0-9+/]{22,}={0,2}$/, 'must be whsec_ followed by a base64 key of at least 16 bytes')
+    .optional(),
+  NOTIFY_TIMEOUT_MS: intFromEnv(100, 120_000).default(DEFAULTS.notifyTimeoutMs),
+  NOTIFY_SCHEDULE_SECONDS: z
+    .string()
+    .default(DEFAULTS.notifyScheduleSeconds)
+    .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean).map(Number))
+    .refine((list) => list.length >= 1 && list.length <= 50 && list.every((n) => Number.isFinite(n) && n >= 0 && n <= 30 * 86_400), 'must be 1-50 comma-separated waits in seconds (0 to 2592000)'),
+  NOTIFY_ALLOWED_HOSTS: z.string().optional(),
+  NOTIFY_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyConcurrency),
+  NOTIFY_HOST_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyHostConcurrency),
+  LONG_POLL_NOTIFY: z.enum(['true', 'false']).default('true'),
   BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
   BATCH_WINDOW_MS: intFromEnv(0, 1000).default(DEFAULTS.batchWindowMs),
   BATCH_MAX_WAIT_MS: intFromEnv(1, 120_000).default(DEFAULTS.batchMaxWaitMs),
@@ -114,6 +135,20 @@ export interface Config {
   /** Cap on `waitSeconds` reads held open at once in this process. */
   readonly maxLongPollWaiters: number;
   readonly retentionDays: number;
+  /** Unset: no notification is sent and a task with a notifyUrl is refused (422). */
+  readonly notifySecret: string | undefined;
+  readonly notifyTimeoutMs: number;
+  /** Waits before each retry of a notification, in seconds; past the last one it is `failed`. */
+  readonly notifyScheduleSeconds: readonly number[];
+  /** `host` or `host:port` (lower case) allowed as notifyUrl although private or loopback. */
+  readonly notifyAllowedHosts: readonly string[];
+  readonly notifyConcurrency: number;
+  readonly notifyHostConcurrency: number;
+  /**
+   * Final transitions issue a Postgres NOTIFY so `waitSeconds` reads on every replica wake at once. False
+   * (e.g. behind a transaction-pooling PgBouncer, which cannot LISTEN) falls back to re-reading every 500 ms.
+   */
+  readonly longPollNotify: boolean;
   /** Group commit of creates and callbacks (see src/db/batcher.ts). */
   readonly batch: { readonly maxSize: number; readonly windowMs: number; readonly maxWaitMs: number; readonly maxQueued: number };
 }
@@ -191,8 +226,24 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     dbStartupTimeoutMs: e.DB_STARTUP_TIMEOUT_MS,
     maxLongPollWaiters: e.MAX_LONG_POLL_WAITERS,
     retentionDays: e.RETENTION_DAYS,
+    notifySecret: e.NOTIFY_SECRET,
+    notifyTimeoutMs: e.NOTIFY_TIMEOUT_MS,
+    notifyScheduleSeconds: Object.freeze(e.NOTIFY_SCHEDULE_SECONDS),
+    notifyAllowedHosts: Object.freeze(parseAllowedHosts(e.NOTIFY_ALLOWED_HOSTS)),
+    notifyConcurrency: e.NOTIFY_CONCURRENCY,
+    notifyHostConcurrency: e.NOTIFY_HOST_CONCURRENCY,
+    longPollNotify: e.LONG_POLL_NOTIFY === 'true',
     batch: Object.freeze({ maxSize: e.BATCH_MAX_SIZE, windowMs: e.BATCH_WINDOW_MS, maxWaitMs: e.BATCH_MAX_WAIT_MS, maxQueued: e.BATCH_MAX_QUEUED }),
   });
+}
+
+/** `a.example, [::1]:8080, LOCALHOST` → `['a.example', '[::1]:8080', 'localhost']` (hosts compare in lower case). */
+function parseAllowedHosts(value: string | undefined): string[] {
+  const hosts = (value ?? '').split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+  for (const h of hosts) {
+    if (/[/?#@\s]/.test(h)) throw new ConfigError(`NOTIFY_ALLOWED_HOSTS: "${h}" must be a host or host:port`);
+  }
+  return hosts;
 }
 
 /** True when `file` is the bundled demo file (or a link to it), whichever path names it. */

@@ -71,8 +71,36 @@ export interface CronRunsTable {
   started_at: Timestamp;
 }
 
+export type NotificationStatus = 'pending' | 'delivered' | 'failed' | 'gone';
+
+export interface NotificationsTable {
+  /** Also the `webhook-id` of every attempt. */
+  id: string;
+  task_id: string;
+  /** `task.<status>` */
+  type: string;
+  url: string;
+  /** Lower-case `host[:port]` of the URL: groups attempts for the per-host bound and breaker. */
+  host: string;
+  /** The task row at the transition (to_jsonb), rendered as the API's Task when sent. */
+  task_snapshot: Json;
+  occurred_at: Timestamp;
+  status: NotificationStatus;
+  attempts: Generated<number>;
+  last_status_code: number | null;
+  last_error: string | null;
+  /** Due time; null once delivered, failed or gone. */
+  next_attempt_at: NullableTimestamp;
+  lease_owner: string | null;
+  lease_expires_at: NullableTimestamp;
+  delivered_at: NullableTimestamp;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+}
+
 export interface Database {
   cron_runs: CronRunsTable;
+  notifications: NotificationsTable;
   tasks: TasksTable;
   task_events: TaskEventsTable;
   callback_inbox: CallbackInboxTable;
@@ -82,3 +110,4 @@ export type TaskRow = Selectable<TasksTable>;
 export type NewTaskRow = Insertable<TasksTable>;
 export type TaskEventRow = Selectable<TaskEventsTable>;
 export type InboxRow = Selectable<CallbackInboxTable>;
+export type NotificationRow = Selectable<NotificationsTable>;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { notificationEventSchema, notificationListSchema, notificationSchema } from '../notifications/notification-schemas';
 import {
   createTaskBodySchema,
   partnerListSchema,
@@ -36,6 +37,9 @@ export const COMPONENT_SCHEMAS: readonly z.ZodType[] = [
   taskEventListSchema,
   partnerListSchema,
   problemSchema,
+  notificationSchema,
+  notificationListSchema,
+  notificationEventSchema,
 ];
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
@@ -93,6 +97,34 @@ const idParam = { name: 'id', in: 'path', required: true, description: 'The task
 const partnerParam = { name: 'partner', in: 'path', required: true, description: 'A configured partner id.', schema: { type: 'string' } };
 const invalidQuery = problem('Invalid query parameters (each bad one named in `errors`)');
 const noTask = problem('No such task');
+const nidParam = { name: 'nid', in: 'path', required: true, description: 'The notification id (a UUID).', schema: { type: 'string', format: 'uuid' } };
+const webhookHeaders = ['webhook-id', 'webhook-timestamp', 'webhook-signature'].map((name) => ({ name, in: 'header', required: true, schema: { type: 'string' } }));
+
+/**
+ * What the service sends (OpenAPI 3.1 `webhooks`): the outcome notification POSTed to a task's notifyUrl.
+ * Not an express route, so it is not made by {@link operation} (no X-Request-Id, no 500/503 of ours).
+ */
+function apiWebhooks(): Record<string, Partial<Record<HttpMethod, OpenApiObject>>> {
+  return {
+    taskOutcome: {
+      post: {
+        operationId: 'taskOutcomeNotification',
+        summary: "Sent to a task's notifyUrl when it reaches succeeded, failed, rejected or expired (again if an expired task settles)",
+        description:
+          'Standard Webhooks: verify webhook-signature (v1, HMAC-SHA256 of "id.timestamp.body" with NOTIFY_SECRET) and de-duplicate on webhook-id, ' +
+          'which is the same on every retry. 2xx within NOTIFY_TIMEOUT_MS is delivered; 410 stops the retries; anything else is retried on NOTIFY_SCHEDULE_SECONDS.',
+        tags: ['notifications'],
+        security: [],
+        parameters: webhookHeaders,
+        requestBody: { required: true, content: { 'application/json': { schema: ref('NotificationEvent') } } },
+        responses: {
+          '200': { description: 'Received (any 2xx)' },
+          '410': { description: 'Gone: never send this notification again' },
+        },
+      },
+    },
+  };
+}
 
 /** The routes of the service (tasks, partners, callbacks, ops). */
 export function apiPaths(): OpenApiPaths {
@@ -233,6 +265,28 @@ export function apiPaths(): OpenApiPaths {
         },
       }),
     },
+    '/v1/tasks/{id}/notifications': {
+      get: operation({
+        operationId: 'listTaskNotifications',
+        summary: "The task's outcome notifications (to its notifyUrl), oldest first",
+        tags: ['notifications'],
+        auth: 'apiKey',
+        database: true,
+        parameters: [idParam],
+        responses: { '200': jsonOf('Notifications, oldest first', 'NotificationList'), '404': noTask },
+      }),
+    },
+    '/v1/tasks/{id}/notifications/{nid}/redeliver': {
+      post: operation({
+        operationId: 'redeliverNotification',
+        summary: 'Send a notification again now, with the same webhook-id (also when failed or gone)',
+        tags: ['notifications'],
+        auth: 'apiKey',
+        database: true,
+        parameters: [idParam, nidParam],
+        responses: { '202': jsonOf('Accepted; the notification as it is now', 'Notification'), '404': problem('No such task or notification') },
+      }),
+    },
     '/healthz': {
       get: operation({
         operationId: 'getHealth',
@@ -303,6 +357,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions = {}): OpenApiObject {
       { name: 'tasks', description: 'The client API' },
       { name: 'partners', description: 'Configured partners' },
       { name: 'callbacks', description: 'Partner-facing: outcomes reported by partners' },
+      { name: 'notifications', description: "Outcome notifications sent to a task's notifyUrl (and the webhook they are)" },
       { name: 'ops', description: 'Health, readiness, metrics, this document (no key)' },
     ],
     components: {
@@ -318,6 +373,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions = {}): OpenApiObject {
     },
     security: [{ bearer: [] }],
     paths: { ...apiPaths(), ...opts.extraPaths },
+    webhooks: apiWebhooks(),
   };
 }
 

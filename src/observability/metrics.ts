@@ -107,6 +107,26 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly notifications = new Counter({
+    name: `${PREFIX}notifications_total`,
+    help: 'Notification attempts by outcome: delivered, retry (failed, another attempt scheduled), failed (schedule used up), gone (410).',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly notificationDelivery = new Histogram({
+    name: `${PREFIX}notification_delivery_seconds`,
+    help: 'Time of one notification attempt, whatever its outcome.',
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly notificationsPending = new Gauge({
+    name: `${PREFIX}notifications_pending`,
+    help: 'Notifications not yet delivered, failed or gone (refreshed by one replica per tick; 0 on the others).',
+    registers: [this.registry],
+  });
+
   /** Every HTTP answer, by route template (never a raw path: ids would explode the series). */
   readonly httpRequests = new Counter({
     name: 'http_requests_total',

@@ -70,6 +70,7 @@ export class Housekeeping {
     gauges.on('execution:skipped', () => {
       this.deps.metrics.tasksOpen.reset();
       this.deps.metrics.oldestOpenTaskAge.reset();
+      this.deps.metrics.notificationsPending.set(0);
     });
     const retention = cron.schedule(RETENTION_CRON, () => this.applyRetention(), {
       name: 'retention',
@@ -104,12 +105,19 @@ export class Housekeeping {
       oldestByPartner.set(r.partner, Math.min(oldestByPartner.get(r.partner) ?? oldest, oldest));
     }
     for (const [partner, oldest] of oldestByPartner) oldestOpenTaskAge.set({ partner }, Math.max(0, (now - oldest) / 1000));
+    const pending = await this.deps.db
+      .selectFrom('notifications')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('status', '=', 'pending')
+      .executeTakeFirstOrThrow();
+    this.deps.metrics.notificationsPending.set(Number(pending.n));
   }
 
   /**
-   * Deletes, in batches: events of final tasks older than the retention, inbox rows older than the
-   * retention (a callback that never matched by then never will), old election rows and spent rate
-   * windows. Returns how many rows went.
+   * Deletes, in batches: events of final tasks older than the retention, notifications that are done
+   * with (delivered, failed or gone) and older than the retention, inbox rows older than the retention
+   * (a callback that never matched by then never will), old election rows and spent rate windows. A
+   * pending notification is never deleted. Returns how many rows went.
    */
   async applyRetention(): Promise<number> {
     const now = this.deps.clock.now();
@@ -128,6 +136,14 @@ export class Housekeeping {
         await sql`delete from task_events where id in (
           select e.id from task_events e join tasks t on t.id = e.task_id
           where e.at < ${cutoff} and t.status in ('succeeded', 'failed', 'rejected', 'expired')
+          limit ${RETENTION_BATCH})`.execute(this.deps.db),
+      ),
+    );
+    await inBatches(async () =>
+      count(
+        await sql`delete from notifications where id in (
+          select id from notifications
+          where created_at < ${cutoff} and status in ('delivered', 'failed', 'gone')
           limit ${RETENTION_BATCH})`.execute(this.deps.db),
       ),
     );

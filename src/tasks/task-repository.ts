@@ -74,7 +74,20 @@ export interface TransitionResult {
   previousStatus?: TaskStatus;
   /** The row after the move when applied. */
   task?: TaskRow;
+  /** The outbox row written with the move (a final status of a task with a notifyUrl). */
+  notificationId?: string;
 }
+
+/** What a final transition does besides the move, fixed per process (so the statement stays prepared once). */
+export interface FinalTransitionEffects {
+  /** Write the notification outbox row for a task with a notifyUrl (NOTIFY_SECRET is set). */
+  outbox?: boolean;
+  /** `pg_notify` this channel with the task id, waking `waitSeconds` readers on every replica. */
+  wakeChannel?: string | null;
+}
+
+/** Statuses a `waitSeconds` read waits for, and on reaching which a client is notified. */
+const SETTLED_STATUSES: readonly TaskStatus[] = [...FINAL_STATUSES, 'expired'];
 
 export interface ListFilter {
   status?: TaskStatus;
@@ -126,7 +139,14 @@ const INSERT_MANY_SQL = `
  * - `cur`: each task row, locked, in id order (so overlapping batches lock in one order);
  * - `upd`: the move, only from an allowed source status and with the fence held;
  * - `moved_event`: one event per applied move (none for a quiet one);
- * - `conflict_event`: a definitive report contradicting a final status, recorded and not applied.
+ * - `conflict_event`: a definitive report contradicting a final status, recorded and not applied;
+ * - `settled`: the applied moves that reached a final status or `expired` (or settled an expired task);
+ * - `outbox`: the transactional outbox, one notification per settled task with a notifyUrl when the move's
+ *   `outbox` column is on, committed with the move or not at all (issue 8);
+ * - `woken`: one `pg_notify(wake_channel, task id)` per settled task, waking `waitSeconds` readers on
+ *   every replica. Only on settling moves: NOTIFY serialises the commits of transactions that issue it.
+ *   `woken` is a plain SELECT, so PostgreSQL runs it only when referenced: every statement that embeds
+ *   this core must select from it (see {@link TRANSITION_EFFECTS_SELECT}).
  */
 export const TRANSITION_CORE_SQL = `
   cur as (
@@ -170,7 +190,31 @@ export const TRANSITION_CORE_SQL = `
       and cur.status <> v.reported
       and not exists (select 1 from upd where upd.moved_ord = cur.ord)
     returning task_id
+  ), settled as (
+    select upd.*, v.now as settled_at, v.outbox as write_outbox, v.wake_channel
+    from upd join v on v.ord = upd.moved_ord
+    where upd.status in ('${SETTLED_STATUSES.join("', '")}') and upd.from_status is distinct from upd.status
+  ), outbox as (
+    insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
+    select gen_random_uuid(), settled.id, 'task.' || settled.status, settled.notify_url,
+           lower(coalesce(substring(settled.notify_url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)'), '')),
+           to_jsonb(settled) - 'from_status' - 'moved_ord' - 'settled_at' - 'write_outbox' - 'wake_channel'
+             - 'body_hash' - 'lease_owner' - 'lease_expires_at',
+           settled.settled_at, 'pending', now()
+    from settled
+    where settled.write_outbox and settled.notify_url is not null
+    returning id, task_id
+  ), woken as (
+    select pg_notify(settled.wake_channel, settled.id::text) from settled where settled.wake_channel is not null
   )`;
+
+/**
+ * Columns every statement embedding {@link TRANSITION_CORE_SQL} selects per move (`upd` joined as in its
+ * final select): the outbox row written for the move, and the count of wakes, which makes `woken` run.
+ */
+export const TRANSITION_EFFECTS_SELECT = `
+  (select o.id from outbox o where o.task_id = upd.id) as notification_id,
+  (select count(*) from woken) as woken`;
 
 /** The columns of the `v` CTE, in order, with their array types. */
 export const TRANSITION_COLUMNS = [
@@ -179,7 +223,7 @@ export const TRANSITION_COLUMNS = [
   ['quiet', 'boolean'], ['set_result', 'boolean'], ['result', 'text'], ['set_error', 'boolean'], ['error', 'text'],
   ['settled_by', 'text'], ['set_next_check', 'boolean'], ['next_check_at', 'timestamptz'], ['mark_dispatched', 'boolean'],
   ['inc_dispatch', 'boolean'], ['set_ldo', 'boolean'], ['ldo', 'text'], ['inc_check', 'boolean'], ['keep_lease', 'boolean'],
-  ['completes', 'boolean'],
+  ['completes', 'boolean'], ['outbox', 'boolean'], ['wake_channel', 'text'],
 ] as const;
 
 const TRANSITION_MANY_SQL = `
@@ -205,6 +249,7 @@ const TRANSITION_MANY_SQL = `
   select v.ord as batch_ord, cur.status as current_status,
          exists (select 1 from inbox where inbox.id = v.inbox_id) as inbox_claimed,
          exists (select 1 from conflict_event c where c.task_id = v.task_id) as conflicted,
+         ${TRANSITION_EFFECTS_SELECT.trim()},
          upd.*
   from v
   left join cur on cur.ord = v.ord
@@ -217,12 +262,17 @@ export type TransitionRow = TaskRow & {
   moved_ord: number | string | null;
   conflicted: boolean;
   inbox_claimed: boolean;
+  notification_id: string | null;
+  woken: number | string;
 };
 
 const jsonText = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
 
-/** One array per column of `v` for these moves (the parameters of {@link TRANSITION_MANY_SQL}). */
-export function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] {
+/**
+ * One array per column of `v` for these moves (the parameters of {@link TRANSITION_MANY_SQL}). The
+ * process's {@link FinalTransitionEffects} ride along per move, so one prepared statement serves both.
+ */
+export function transitionArrays(specs: readonly TransitionSpec[], effects: FinalTransitionEffects = {}): unknown[][] {
   const cols: unknown[][] = TRANSITION_COLUMNS.map(() => []);
   for (const spec of specs) {
     const c = spec.changes ?? {};
@@ -252,6 +302,8 @@ export function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] 
       c.incrementCheckAttempts ?? false,
       c.keepLease ?? false,
       FINAL_STATUSES.includes(spec.to) || spec.to === 'expired',
+      effects.outbox ?? false,
+      effects.wakeChannel ?? null,
     ];
     row.forEach((value, k) => cols[k]!.push(value));
   }
@@ -264,8 +316,8 @@ export function transitionResult(row: TransitionRow, inboxId: number | null): Tr
     return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
   }
   if (row.from_status !== null) {
-    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, ...task } = row as TransitionRow & Record<string, unknown>;
-    return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
+    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, notification_id: notificationId, woken: _w, ...task } = row as TransitionRow & Record<string, unknown>;
+    return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow, ...(notificationId ? { notificationId } : {}) };
   }
   return { outcome: row.conflicted ? 'conflict' : 'ignored', previousStatus: row.current_status };
 }
@@ -280,6 +332,7 @@ export class TaskRepository {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly pool?: Pool,
+    private readonly effects: FinalTransitionEffects = {},
   ) {}
 
   /**
@@ -487,7 +540,7 @@ export class TaskRepository {
   }
 
   private async transitionRound(specs: readonly TransitionSpec[]): Promise<TransitionResult[]> {
-    const a = transitionArrays(specs);
+    const a = transitionArrays(specs, this.effects);
     const { rows } = await runRaw<TransitionRow>(this.db, this.pool, 'cr_transition_many', TRANSITION_MANY_SQL, a);
     const byOrd = new Map(rows.map((r) => [Number(r.batch_ord), r]));
     return specs.map((spec, k) => transitionResult(byOrd.get(k + 1)!, spec.inboxId ?? null));

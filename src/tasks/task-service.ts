@@ -39,6 +39,13 @@ export interface TaskServiceDeps {
   /** Tells the reconciler a task became due now, so it checks at once rather than at its next tick. */
   nudgeReconciler: () => void;
   /**
+   * True while settling changes made by other replicas wake waiters here (the LISTEN connection is up);
+   * a `waitSeconds` read then never polls. Otherwise it re-reads every WAIT_POLL_MS.
+   */
+  crossReplicaWake?: () => boolean;
+  /** Refuses a notifyUrl (422) when notifications are off or its address is not allowed. */
+  checkNotifyUrl?: (url: string) => Promise<void>;
+  /**
    * Stores a new task: the group-commit batcher in the service (many creates, one statement); the
    * repository's single-row insert when absent.
    */
@@ -61,6 +68,7 @@ export class TaskService {
     if (!partner) {
       throw new HttpProblem(422, `unknown partner "${body.partner}"`, [{ field: 'partner', message: 'is not a configured partner' }]);
     }
+    if (body.notifyUrl !== undefined) await this.deps.checkNotifyUrl?.(body.notifyUrl);
     const requestNo = body.requestNo ?? randomUUID();
     const now = this.deps.clock.now();
     const leaseOwner = `${this.deps.instanceId}:dispatch:${randomUUID()}`;
@@ -107,19 +115,31 @@ export class TaskService {
   }
 
   /**
-   * Reads a task, holding the answer until it is final or `waitSeconds` pass. Changes made in this process
-   * wake it at once; changes by other replicas are seen by looking again every half second.
+   * Reads a task, holding the answer until it is final (or expired) or `waitSeconds` pass. Changes made in
+   * this process wake it at once; settling changes by other replicas arrive through the process's one
+   * LISTEN connection (see TaskWakeListener), so a waiting request does not poll. Only while that
+   * connection is down does it look again every half second. At the end it reads once more, so a
+   * non-settling change made elsewhere (pending → dispatched) is in the answer.
    */
   async getWhenFinal(id: string, waitSeconds: number, signal: AbortSignal): Promise<TaskRow> {
-    let task = await this.get(id);
-    const deadline = Date.now() + waitSeconds * 1000;
-    while (!isFinal(task.status as TaskStatus) && task.status !== 'expired' && !signal.aborted) {
-      const left = deadline - Date.now();
-      if (left <= 0) break;
-      const changed = await this.deps.notifier.waitForChange(id, Math.min(left, WAIT_POLL_MS), signal);
-      task = changed ?? (await this.get(id));
+    const settled = (t: TaskRow) => isFinal(t.status as TaskStatus) || t.status === 'expired';
+    // Subscribe first: a change between the read and the wait is kept, not missed.
+    const watch = this.deps.notifier.watch(id);
+    try {
+      let task = await this.get(id);
+      const deadline = Date.now() + waitSeconds * 1000;
+      while (!settled(task) && !signal.aborted) {
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        const woken = this.deps.crossReplicaWake?.() ?? false;
+        const changed = await watch.next(woken ? left : Math.min(left, WAIT_POLL_MS), signal);
+        if (changed) task = changed;
+        else if (!woken) task = await this.get(id);
+      }
+      return settled(task) || signal.aborted ? task : await this.get(id);
+    } finally {
+      watch.close();
     }
-    return task;
   }
 
   async getByRequestNo(partner: string, requestNo: string): Promise<TaskRow> {

@@ -11,12 +11,74 @@ export interface TaskCreatedNotice {
   requestNo: string;
 }
 
+/** A subscription to one task's changes that keeps the latest change until it is taken (no lost wake-up). */
+export interface ChangeWatch {
+  /** The next change (or one that came since the last call), or undefined after `timeoutMs` or on abort. */
+  next(timeoutMs: number, signal?: AbortSignal): Promise<TaskRow | undefined>;
+  close(): void;
+}
+
 /**
  * In-process notices about tasks: lets a waiting callback or a `waitSeconds` read wake at once when the
- * change happened in this process. Other processes' changes are found by looking again in the database.
+ * change happened in this process. Settling changes made by other processes arrive through the
+ * TaskWakeListener (Postgres LISTEN), which re-reads the task once and reports it here.
  */
 export class TaskNotifier {
   private readonly emitter = new EventEmitter().setMaxListeners(0);
+
+  /** A notification was written to the outbox in this process (the delivery worker listens). */
+  outboxWritten(notificationId: string): void {
+    this.emitter.emit('outbox', notificationId);
+  }
+
+  onOutboxWritten(listener: (notificationId: string) => void): void {
+    this.emitter.on('outbox', listener);
+  }
+
+  /** True when some request in this process waits for the task to change. */
+  hasWatchers(id: string): boolean {
+    return this.emitter.listenerCount(`changed:${id}`) > 0;
+  }
+
+  /** Ids of every task some request in this process waits on. */
+  watchedIds(): string[] {
+    return this.emitter
+      .eventNames()
+      .filter((e): e is string => typeof e === 'string' && e.startsWith('changed:'))
+      .map((e) => e.slice('changed:'.length));
+  }
+
+  /** Subscribes before the caller reads the task, so a change between the read and the wait is not missed. */
+  watch(id: string): ChangeWatch {
+    const event = `changed:${id}`;
+    let latest: TaskRow | undefined;
+    let wake: (() => void) | undefined;
+    const listener = (t: TaskRow) => {
+      latest = t;
+      wake?.();
+    };
+    this.emitter.on(event, listener);
+    return {
+      next: (timeoutMs, signal) =>
+        new Promise((resolve) => {
+          const finish = () => {
+            clearTimeout(timer);
+            wake = undefined;
+            signal?.removeEventListener('abort', finish);
+            const t = latest;
+            latest = undefined;
+            resolve(t);
+          };
+          if (latest !== undefined || signal?.aborted) return finish();
+          const timer = setTimeout(finish, Math.max(1, Math.ceil(timeoutMs)));
+          wake = finish;
+          signal?.addEventListener('abort', finish, { once: true });
+        }),
+      close: () => {
+        this.emitter.off(event, listener);
+      },
+    };
+  }
 
   created(notice: TaskCreatedNotice): void {
     this.emitter.emit(`created:${notice.partner}\u0000${notice.requestNo}`, notice);
@@ -99,6 +161,7 @@ export class TaskTransitions {
         }
       }
       this.notifier.changed(result.task);
+      if (result.notificationId) this.notifier.outboxWritten(result.notificationId);
     } else if (result.outcome === 'conflict') {
       this.metrics.settlementConflicts.inc({ partner });
       this.logger.warn({ taskId: result.task?.id ?? spec.taskId, current: result.previousStatus, reported: spec.reported, source: spec.source }, 'report contradicts a final status; recorded, not applied');

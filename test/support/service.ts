@@ -13,6 +13,8 @@ import type { TestDatabase } from './database';
 export const TEST_API_KEY = 'test-key-0123456789abcdef';
 export const TEST_SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 export const OTHER_SECRET = 'whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD';
+/** Signs outcome notifications in tests (NOTIFY_SECRET); pass `NOTIFY_SECRET: ''` in env to run without. */
+export const TEST_NOTIFY_SECRET = 'whsec_dGVzdC1ub3RpZnktc2VjcmV0LTAxMjM0NTY3';
 
 export interface TestService {
   runtime: Runtime;
@@ -35,6 +37,12 @@ export interface TestServiceOptions {
   simulator?: Simulator;
   /** False: no reconciler, housekeeping or safety-net loops; the test drives them (e.g. `runtime.reconciler.runOnce()`). */
   background?: boolean;
+  /**
+   * True: deliver outcome notifications. Off by default, so a test whose tasks carry arbitrary notifyUrls
+   * (fuzzing, examples like https://client.example) never sends anything anywhere; the tests that turn it
+   * on send only to 127.0.0.1.
+   */
+  notifications?: boolean;
 }
 
 /** Writes a partners file for tests and returns its path. */
@@ -69,6 +77,7 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     DATABASE_URL: opts.db.url,
     LOG_LEVEL: 'silent',
     SHUTDOWN_TIMEOUT_MS: '2000',
+    NOTIFY_SECRET: TEST_NOTIFY_SECRET,
     // Tests stop services many times; the readiness delay has its own test (startup-and-drain.test.ts).
     SHUTDOWN_READINESS_DELAY_MS: '0',
     ...opts.env,
@@ -79,6 +88,10 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     logger,
     ...(opts.clock ? { clock: opts.clock } : {}),
     ...(opts.background !== undefined ? { background: opts.background } : {}),
+    deliverNotifications: opts.notifications ?? false,
+    // No DNS from tests: host names never resolve here (accepted at create, refused at connect), so only
+    // IP literals and localhost decide; the name checks are covered with injected resolvers in unit tests.
+    notifyResolver: async () => [],
   });
   const api = axios.create({
     baseURL: runtime.url,

@@ -1,0 +1,213 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import type autocannon from 'autocannon';
+import { Webhook } from 'standardwebhooks';
+import { DEMO_PARTNER_SECRET } from '../../src/config/simulator-config';
+import type { FreshDatabase } from '../support/database';
+import { runAutocannon } from '../support/load';
+import { envNumber, ms } from '../support/phase';
+import { sleep } from '../support/processes';
+import { BENCH_PARTNER_ID, migrateDatabase, orderedUuidSql, startServiceProcess, startSimulatorProcess, writePartnersFile, YEARLY_CRON, type RunningProcess } from '../support/services';
+import { fmtNumber, summarize } from '../support/stats';
+import type { ResultRow, Scenario, ScenarioContext } from '../support/types';
+
+/**
+ * `notifications`: outcome notifications to a local receiver (in this process, 127.0.0.1, allowed by
+ * NOTIFY_ALLOWED_HOSTS).
+ * 1. What the outbox costs: `POST /v1/tasks` and matched callbacks per second with `notifyUrl` unset vs
+ *    set, in the same run and service; and the callback rate with the cross-replica wake (NOTIFY on final
+ *    transitions) off, to price the NOTIFY.
+ * 2. The time from a task's final transition (the body's `timestamp`) to its notification's arrival.
+ * 3. Deliveries per second from a backlog, 32 attempts in flight.
+ */
+
+const SETTINGS = {
+  connections: envNumber('BENCH_CONNECTIONS', 32),
+  durationS: envNumber('BENCH_DURATION_S', 10),
+  seededTasks: envNumber('BENCH_NOTIFY_TASKS', 40_000),
+  backlog: envNumber('BENCH_NOTIFY_BACKLOG', 40_000),
+};
+
+export const TARGETS = Object.freeze({ arrivalP50Ms: 50, outboxCostPct: 15 });
+
+/** Signs outcome notifications in the bench service. */
+const NOTIFY_SECRET = `whsec_${Buffer.from('bench-notify-secret-0123456789').toString('base64')}`;
+const partnerHook = new Webhook(DEMO_PARTNER_SECRET);
+
+interface Receiver {
+  url: string;
+  /** Arrival time (epoch ms) and the body's timestamp, per arrival. */
+  arrivals: Array<{ at: number; eventAt: number }>;
+  close(): Promise<void>;
+}
+
+async function startReceiver(): Promise<Receiver> {
+  const arrivals: Receiver['arrivals'] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const at = Date.now();
+      try {
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { timestamp: string };
+        arrivals.push({ at, eventAt: Date.parse(body.timestamp) });
+      } catch {
+        arrivals.push({ at, eventAt: Number.NaN });
+      }
+      res.writeHead(204).end();
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    arrivals,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function serviceEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return { RECONCILE_CRON: YEARLY_CRON, NOTIFY_SECRET, NOTIFY_ALLOWED_HOSTS: '127.0.0.1', NOTIFY_CONCURRENCY: '32', NOTIFY_HOST_CONCURRENCY: '32', ...extra };
+}
+
+async function createRate(ctx: ScenarioContext, service: RunningProcess, notifyUrl: string | undefined): Promise<number> {
+  // The simulator calls back "succeeded" ~100 ms after each dispatch: a created task settles (and, with a notifyUrl, is notified) within the run.
+  const body = JSON.stringify({ partner: BENCH_PARTNER_ID, payload: {}, ...(notifyUrl ? { notifyUrl } : {}) });
+  const r = await runAutocannon({ url: `${service.url}/v1/tasks`, method: 'POST', connections: SETTINGS.connections, duration: SETTINGS.durationS, headers: { 'content-type': 'application/json' }, body });
+  const created = r['2xx'];
+  ctx.log(`create ${notifyUrl ? 'with' : 'without'} notifyUrl: ${fmtNumber(created / SETTINGS.durationS)} /s (non-2xx ${r.non2xx})`);
+  return created / SETTINGS.durationS;
+}
+
+async function seedDispatched(ctx: ScenarioContext, db: FreshDatabase, prefix: string, n: number, notifyUrl: string | null): Promise<void> {
+  await ctx.postgres.query(
+    db.url,
+    `insert into tasks (id, partner, request_no, status, payload, body_hash, dispatch_attempts, next_check_at, expires_at, created_at, updated_at, dispatched_at, notify_url)
+     select ${orderedUuidSql(prefix === 'u' ? 'a' : prefix === 's' ? 'b' : 'c', 'i')}, $1, '${prefix}' || i, 'dispatched', '{}'::jsonb, md5('${prefix}' || i), 1,
+            now() + interval '300 days', now() + interval '365 days', now(), now(), now(), $3
+     from generate_series(0, $2::int - 1) as i`,
+    [BENCH_PARTNER_ID, n, notifyUrl],
+  );
+}
+
+/** Matched callbacks per second over tasks `<prefix>0…`, bodies signed up front. */
+async function callbackRate(ctx: ScenarioContext, service: RunningProcess, prefix: string, n: number): Promise<number> {
+  const runId = randomBytes(4).toString('hex');
+  const at = new Date();
+  const signed = Array.from({ length: n }, (_, i) => {
+    const id = `nb-${runId}-${i}`;
+    const body = JSON.stringify({ requestNo: `${prefix}${i}`, status: 'succeeded' });
+    return { body, headers: { 'content-type': 'application/json', 'webhook-id': id, 'webhook-timestamp': String(Math.floor(at.getTime() / 1000)), 'webhook-signature': partnerHook.sign(id, at, body) } };
+  });
+  let seq = 0;
+  let applied = 0;
+  const opts: autocannon.Options = {
+    url: `${service.url}/v1/callbacks/${BENCH_PARTNER_ID}`,
+    method: 'POST',
+    connections: SETTINGS.connections,
+    duration: SETTINGS.durationS,
+    requests: [
+      {
+        method: 'POST',
+        setupRequest: (req) => ({ ...req, ...signed[Math.min(seq++, n - 1)]! }),
+        onResponse: (status, body) => {
+          if (status === 200 && body.includes('applied')) applied++;
+        },
+      },
+    ],
+  };
+  await runAutocannon(opts);
+  if (seq >= n) ctx.note(`callbacks ${prefix}: ran out of seeded tasks (${n}); raise BENCH_NOTIFY_TASKS`);
+  ctx.log(`callbacks ${prefix}: ${fmtNumber(applied / SETTINGS.durationS)} applied/s`);
+  return applied / SETTINGS.durationS;
+}
+
+async function settle(ms: number): Promise<void> {
+  await sleep(ms);
+}
+
+export const scenario: Scenario = {
+  name: 'notifications',
+  description: 'outcome notifications: outbox cost on create and callbacks, final transition → arrival, deliveries/s',
+  async run(ctx) {
+    const rows: ResultRow[] = [];
+    const receiver = await startReceiver();
+    ctx.teardown.add('receiver', () => receiver.close());
+    const simulator = await startSimulatorProcess(ctx, ctx.teardown, 'notify');
+    const partnersFile = await writePartnersFile(ctx, 'notify', simulator.url);
+    const db = await ctx.postgres.createDatabase();
+    ctx.teardown.add(`drop ${db.name}`, () => db.drop());
+    await migrateDatabase(db.url);
+    const n = SETTINGS.seededTasks;
+    await seedDispatched(ctx, db, 'u', n, null);
+    await seedDispatched(ctx, db, 's', n, `${receiver.url}/hook`);
+    await seedDispatched(ctx, db, 'w', n, null);
+    await ctx.postgres.query(db.url, 'vacuum analyze tasks');
+
+    // 1. Outbox cost, same service, same run: create unset/set, callbacks unset/set.
+    const service = await startServiceProcess(ctx, ctx.teardown, { label: 'notify', databaseUrl: db.url, partnersFile, env: serviceEnv() });
+    await createRate(ctx, service, undefined); // warm-up
+    const createUnset = await createRate(ctx, service, undefined);
+    const createSet = await createRate(ctx, service, `${receiver.url}/created`);
+    const cbUnset = await callbackRate(ctx, service, 'u', n);
+    await settle(1000);
+    const arrivalsBefore = receiver.arrivals.length;
+    const cbSet = await callbackRate(ctx, service, 's', n);
+    // Let the notifications of that run arrive, then take their latency.
+    for (let last = -1; receiver.arrivals.length !== last; ) {
+      last = receiver.arrivals.length;
+      await settle(1000);
+    }
+    const latencies = receiver.arrivals.slice(arrivalsBefore).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v));
+    const lat = summarize(latencies);
+    const cost = (unset: number, set: number) => (unset > 0 ? ((unset - set) / unset) * 100 : Number.NaN);
+    rows.push(
+      { scenario: 'notifications: create, notifyUrl unset vs set (same service, one after the other)', metric: 'tasks created/s unset → set', value: createSet, display: `${fmtNumber(createUnset)} → ${fmtNumber(createSet)} /s` },
+      { scenario: 'notifications: create', metric: 'cost of a notifyUrl (%)', value: cost(createUnset, createSet), display: `${cost(createUnset, createSet).toFixed(1)} %`, target: { op: '<', value: TARGETS.outboxCostPct } },
+      { scenario: 'notifications: matched callbacks, notifyUrl unset vs set (each settles its task; set → outbox row + delivery)', metric: 'callbacks applied/s unset → set', value: cbSet, display: `${fmtNumber(cbUnset)} → ${fmtNumber(cbSet)} /s` },
+      { scenario: 'notifications: matched callbacks', metric: 'cost of the outbox (%)', value: cost(cbUnset, cbSet), display: `${cost(cbUnset, cbSet).toFixed(1)} %`, target: { op: '<', value: TARGETS.outboxCostPct } },
+      { scenario: 'notifications: final transition → arrival at the receiver (during the callback run)', metric: 'p50 / p99', value: lat.p50, display: `${ms(lat.p50)} / ${ms(lat.p99)} (${fmtNumber(lat.count)} notifications)`, target: { op: '<', value: TARGETS.arrivalP50Ms } },
+    );
+    await service.handle.stop();
+
+    // 2. The price of NOTIFY on final transitions: callbacks with the cross-replica wake off.
+    const quietService = await startServiceProcess(ctx, ctx.teardown, { label: 'no-listen', databaseUrl: db.url, partnersFile, env: serviceEnv({ LONG_POLL_NOTIFY: 'false' }) });
+    const cbNoNotify = await callbackRate(ctx, quietService, 'w', n);
+    rows.push({
+      scenario: 'notifications: matched callbacks with LONG_POLL_NOTIFY=false (no NOTIFY) vs the unset run above (NOTIFY on each settle)',
+      metric: 'callbacks applied/s without → with NOTIFY',
+      value: cbUnset,
+      display: `${fmtNumber(cbNoNotify)} → ${fmtNumber(cbUnset)} /s (${cost(cbNoNotify, cbUnset).toFixed(1)} %)`,
+    });
+
+    // 3. Deliveries per second from a backlog, with the service that runs the worker.
+    const backlog = SETTINGS.backlog;
+    const before = receiver.arrivals.length;
+    await ctx.postgres.query(
+      db.url,
+      `insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
+       select gen_random_uuid(), t.id, 'task.succeeded', $1, lower(substring($1 from '://([^/]+)')), to_jsonb(t), now(), 'pending', now()
+       from tasks t, generate_series(1, $2::int) g where t.request_no = 'u0'`,
+      [`${receiver.url}/backlog`, backlog],
+    );
+    const start = Date.now();
+    const windowMs = SETTINGS.durationS * 1000;
+    await sleep(windowMs + 1500);
+    const inWindow = receiver.arrivals.slice(before).filter((a) => a.at - start <= windowMs + 1500);
+    const first = inWindow[0]?.at ?? start;
+    const counted = inWindow.filter((a) => a.at - first <= windowMs).length;
+    rows.push({
+      scenario: `notifications: deliveries from a backlog of ${fmtNumber(backlog)}, 32 in flight, one receiver host`,
+      metric: 'deliveries/s',
+      value: counted / SETTINGS.durationS,
+      display: `${fmtNumber(counted / SETTINGS.durationS)} /s`,
+    });
+    await quietService.handle.stop();
+    return rows;
+  },
+};
