@@ -1,6 +1,7 @@
 import express, { type Express } from 'express';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import type { ApiKey } from './config/config';
 import type { Database } from './db/schema';
 import { requireApiKey } from './http/auth';
 import type { HttpDrain } from './http/drain';
@@ -10,6 +11,9 @@ import { HttpProblem, problemHandler } from './http/problem';
 import { requestLogging } from './http/request-context';
 import type { Metrics } from './observability/metrics';
 import type { PartnerRegistry } from './partners/partner-registry';
+import { consoleRoutes } from './console/console-routes';
+import type { StoryService } from './story/story-service';
+import { storyRoutes } from './story/story-routes';
 import { taskRoutes } from './tasks/task-routes';
 import type { TaskService } from './tasks/task-service';
 
@@ -19,7 +23,9 @@ export interface AppDeps {
   metrics: Metrics;
   partners: PartnerRegistry;
   tasks: TaskService;
-  apiKeys: readonly string[];
+  /** The task story and overview reads (the operator console's API). */
+  story: StoryService;
+  apiKeys: readonly ApiKey[];
   maxBodyBytes: number;
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
@@ -36,9 +42,11 @@ export function buildApp(deps: AppDeps): Express {
   app.use(requestLogging(deps.logger));
   app.use(deps.drain.middleware);
   app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining));
+  app.use(consoleRoutes());
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
+  app.use(storyRoutes(deps.story, deps.apiKeys.length > 0));
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));
   return app;

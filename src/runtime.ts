@@ -24,6 +24,9 @@ import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { Housekeeping } from './reconciler/housekeeping';
 import { Reconciler } from './reconciler/reconciler';
 import { TaskChecker } from './reconciler/task-checker';
+import { PartnerCallLog } from './story/partner-call-log';
+import { StoryRepository } from './story/story-repository';
+import { StoryService } from './story/story-service';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
@@ -67,6 +70,9 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  /** Dispatch attempts and status queries, recorded for the task story (buffered; `flush()` in tests). */
+  readonly callLog: PartnerCallLog;
+  readonly story: StoryService;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -97,7 +103,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
   const transitions = new TaskTransitions(repo, metrics, notifier, logger);
+  const callLog = new PartnerCallLog(database.db, logger);
   const dispatcher = new Dispatcher({
+    callLog,
     partners,
     transitions,
     repo,
@@ -134,7 +142,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
     nudgeReconciler: () => reconciler.nudge(),
   });
-  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
+  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger, callLog });
+  const story = new StoryService({ repo: new StoryRepository(database.db), tasks, partners, clock });
   const reconciler = new Reconciler(
     { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
     {
@@ -155,6 +164,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     metrics,
     partners,
     tasks,
+    story,
     apiKeys: config.apiKeys,
     maxBodyBytes: config.maxBodyBytes,
     drain,
@@ -186,12 +196,13 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       clearTimeout(forced);
       await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop()]);
       await dispatcher.drain();
+      await callLog.flush();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, callLog, story, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

@@ -7,6 +7,7 @@ import {
   taskListSchema,
   taskSchema,
 } from '../tasks/task-schemas';
+import { overviewSchema, partnerCallListSchema, receivedCallbackListSchema, sessionSchema } from '../story/story-schemas';
 
 const ref = (id: string) => ({ $ref: `#/components/schemas/${id}` });
 const json = (id: string) => ({ 'application/json': { schema: ref(id) } });
@@ -14,6 +15,10 @@ const problem = (description: string) => ({ description, content: { 'application
 
 const idParam = { name: 'id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } };
 const common = { '401': problem('No or bad API key') };
+const pageParams = [
+  { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
+  { name: 'cursor', in: 'query', schema: { type: 'string' } },
+];
 
 /**
  * The OpenAPI 3.1 document. Component schemas are generated from the zod schemas that validate the
@@ -21,7 +26,7 @@ const common = { '401': problem('No or bad API key') };
  */
 export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): Record<string, unknown> {
   const registry = z.registry<{ id: string }>();
-  for (const schema of [createTaskBodySchema, taskSchema, taskListSchema, taskEventListSchema, partnerListSchema, problemSchema]) {
+  for (const schema of [createTaskBodySchema, taskSchema, taskListSchema, taskEventListSchema, partnerListSchema, problemSchema, partnerCallListSchema, receivedCallbackListSchema, overviewSchema, sessionSchema]) {
     registry.add(schema, { id: schema.meta()!.id as string });
   }
   const { schemas } = z.toJSONSchema(registry, { target: 'draft-2020-12', io: 'input', uri: (id) => `#/components/schemas/${id}` });
@@ -53,6 +58,12 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
           parameters: [
             { name: 'status', in: 'query', schema: { type: 'string', enum: ['pending', 'dispatched', 'succeeded', 'failed', 'rejected', 'expired'] } },
             { name: 'partner', in: 'query', schema: { type: 'string' } },
+            {
+              name: 'requestNo',
+              in: 'query',
+              description: 'Only tasks with this request number, across the configured partners (one per partner at most)',
+              schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' },
+            },
             { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 } },
             { name: 'cursor', in: 'query', schema: { type: 'string' } },
           ],
@@ -73,9 +84,32 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
           responses: { '200': { description: 'Events', content: json('TaskEventList') }, '404': problem('No such task'), ...common },
         },
       },
+      '/v1/tasks/{id}/attempts': {
+        get: {
+          summary: "Dispatch attempts and status queries sent to the task's partner, oldest first",
+          parameters: [idParam, ...pageParams],
+          responses: { '200': { description: 'Partner calls', content: json('PartnerCallList') }, '404': problem('No such task'), '422': problem('Invalid query'), ...common },
+        },
+      },
+      '/v1/tasks/{id}/callbacks': {
+        get: {
+          summary: "Callbacks received for the task's request number (early, duplicate, unreadable and refused ones included), oldest first",
+          parameters: [idParam, ...pageParams],
+          responses: { '200': { description: 'Callbacks', content: json('ReceivedCallbackList') }, '404': problem('No such task'), '422': problem('Invalid query'), ...common },
+        },
+      },
+      '/v1/overview': {
+        get: {
+          summary: 'Per partner: open tasks by status, oldest open task age, expired tasks, recent conflicts, breaker state',
+          responses: { '200': { description: 'The overview (cached for up to 2 s)', content: json('Overview') }, ...common },
+        },
+      },
+      '/v1/me': {
+        get: { summary: 'The label of the API key used', responses: { '200': { description: 'The session', content: json('Session') }, ...common } },
+      },
       '/v1/tasks/{id}/reconcile': {
         post: {
-          summary: 'Check with the partner now',
+          summary: 'Check with the partner now (written to the task events with source manual and the key label)',
           parameters: [idParam],
           responses: { '202': { description: 'Accepted; the task as it is now', content: json('Task') }, '404': problem('No such task'), ...common },
         },
@@ -123,6 +157,13 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
             '404': problem('Unknown partner'),
             '413': problem('Body over MAX_BODY_BYTES'),
           },
+        },
+      },
+      '/console/': {
+        get: {
+          summary: 'The operator console (HTML; signs in with an API key kept in sessionStorage)',
+          security: [],
+          responses: { '200': { description: 'The console page', content: { 'text/html': { schema: { type: 'string' } } } } },
         },
       },
       '/healthz': { get: { summary: 'Process is up', security: [], responses: { '200': { description: 'OK' } } } },

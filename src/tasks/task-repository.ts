@@ -79,6 +79,8 @@ export interface TransitionResult {
 export interface ListFilter {
   status?: TaskStatus;
   partner?: string;
+  /** With `requestNo` and no `partner`: the partners to look in, so the `(partner, request_no)` index serves it. */
+  requestNo?: { value: string; partners: readonly string[] };
   limit: number;
   after?: { createdAt: Date; id: string };
 }
@@ -154,6 +156,10 @@ export class TaskRepository {
     let q = this.db.selectFrom('tasks').selectAll();
     if (filter.status) q = q.where('status', '=', filter.status);
     if (filter.partner) q = q.where('partner', '=', filter.partner);
+    if (filter.requestNo) {
+      q = q.where('request_no', '=', filter.requestNo.value);
+      if (!filter.partner) q = q.where(sql<boolean>`partner = any(${textArray(filter.requestNo.partners)})`);
+    }
     if (filter.after) {
       const { createdAt, id } = filter.after;
       q = q.where(sql<boolean>`(created_at, id) < (${createdAt}, ${id}::uuid)`);
@@ -236,6 +242,18 @@ export class TaskRepository {
       return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
     }
     return { outcome: row.conflicts > 0 ? 'conflict' : 'ignored', previousStatus: row.current_status };
+  }
+
+  /**
+   * Writes an operator's action into the task's events (source `manual`), with the task's current status
+   * as both from and to: it records who asked for what, not a change. False when there is no such task.
+   */
+  async recordManualEvent(taskId: string, now: Date, detail: Record<string, unknown>): Promise<boolean> {
+    const { rows } = await sql<{ task_id: string }>`
+      insert into task_events (task_id, at, from_status, to_status, source, detail)
+      select id, ${now}, status, status, 'manual', ${json(detail)} from tasks where id = ${taskId}::uuid
+      returning task_id`.execute(this.db);
+    return rows.length > 0;
   }
 
   /** Makes an open task due now, for an on-demand check; returns the row, or undefined if absent. */

@@ -35,6 +35,8 @@ export interface TestServiceOptions {
   simulator?: Simulator;
   /** False: no reconciler, housekeeping or safety-net loops; the test drives them (e.g. `runtime.reconciler.runOnce()`). */
   background?: boolean;
+  /** The service's logger (default: silent, or TEST_LOG_LEVEL); a test reads what it logs through its own. */
+  logger?: pino.Logger;
 }
 
 /** Writes a partners file for tests and returns its path. */
@@ -71,7 +73,7 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     SHUTDOWN_TIMEOUT_MS: '2000',
     ...opts.env,
   });
-  const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const logger = opts.logger ?? pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
   const runtime = await startRuntime({
     config,
     logger,
