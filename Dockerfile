@@ -34,6 +34,8 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/migrations ./dist/migrations
 # The bundled partners file (the default PARTNERS_FILE) and any other partner files shipped with the repo.
 COPY config ./config
+# The operator console's static files (served at /console/, no build step).
+COPY console ./console
 # Code stays root-owned and read-only to the app; only the embedded database's folder is writable.
 RUN mkdir -p .data && chown node:node .data
 USER node

@@ -46,6 +46,8 @@ async function render() {
   state.timer = undefined;
   if (!state.session) return;
   const route = parseRoute();
+  replace(main, h('p', { class: 'loading', role: 'status' }, 'Loading…'));
+  if (route.name !== 'find') searchInput.value = '';
   for (const a of document.querySelectorAll('[data-nav]')) {
     const current = a.getAttribute('data-nav') === (route.name === 'task' || route.name === 'find' ? 'tasks' : route.name);
     if (current) a.setAttribute('aria-current', 'page');
@@ -207,7 +209,7 @@ async function overviewView(view) {
           'table',
           { class: 'table overview-table' },
           h('caption', { class: 'visually-hidden' }, 'Partners'),
-          h('thead', null, h('tr', null, ...['Partner', 'Pending', 'Dispatched', 'Expired', 'Oldest open', 'Conflicts (24 h)', 'Breaker'].map((c) => h('th', { scope: 'col' }, c)))),
+          h('thead', null, h('tr', null, ...['Partner', 'Pending', 'Dispatched', 'Expired', 'Oldest open', 'Conflicts (24 h)', 'Breaker'].map((c, i) => h('th', { scope: 'col', class: i > 0 && i < 6 ? 'num' : null }, c)))),
           h(
             'tbody',
             null,
@@ -345,7 +347,7 @@ function taskTable(items, empty) {
       'table',
       { class: 'table task-table' },
       h('caption', { class: 'visually-hidden' }, 'Tasks'),
-      h('thead', null, h('tr', null, ...['Request number', 'Partner', 'Kind', 'Status', 'Created', 'Attempts'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('thead', null, h('tr', null, ...['Request number', 'Partner', 'Kind', 'Status', 'Created', 'Attempts'].map((c) => h('th', { scope: 'col', class: c === 'Attempts' ? 'num' : null }, c)))),
       h(
         'tbody',
         null,
@@ -528,11 +530,11 @@ function taskFields(t) {
     ['Task id', h('span', { class: 'mono' }, t.id)],
     ['Dispatch attempts', String(t.dispatchAttempts)],
     ['Status checks', String(t.checkAttempts)],
-    ['Created', dateTime(t.createdAt)],
-    ['Dispatched', dateTime(t.dispatchedAt)],
-    ['Completed', dateTime(t.completedAt)],
-    ['Updated', dateTime(t.updatedAt)],
-    ['Next check', t.nextCheckAt ? dateTime(t.nextCheckAt) : '—'],
+    ['Created', when(t.createdAt)],
+    ['Dispatched', when(t.dispatchedAt)],
+    ['Completed', when(t.completedAt)],
+    ['Updated', when(t.updatedAt)],
+    ['Next check', when(t.nextCheckAt)],
     ['Notify URL', t.notifyUrl ? h('span', { class: 'mono break' }, t.notifyUrl) : '—'],
   ];
   const blobs = /** @type {[string, unknown][]} */ ([
@@ -548,6 +550,11 @@ function taskFields(t) {
   ];
 }
 
+/** A time in the fields: exact UTC, kept on one line. @param {string | null} iso */
+function when(iso) {
+  return iso ? h('time', { datetime: iso, class: 'nowrap' }, dateTime(iso)) : '—';
+}
+
 /** @param {any} s @param {(n: any) => void} onRedeliver */
 function timelineSection(s, onRedeliver) {
   const entries = buildTimeline(s);
@@ -560,7 +567,7 @@ function timelineSection(s, onRedeliver) {
       ...entries.map((e) =>
         h(
           'li',
-          { class: `entry kind-${e.kind} tone-${e.tone}`, 'data-kind': e.kind },
+          { class: `entry kind-${e.kind} dot-${e.tone}`, 'data-kind': e.kind },
           h('div', { class: 'entry-time' }, h('time', { datetime: e.at, title: dateTime(e.at) }, clockTime(e.at))),
           h(
             'div',

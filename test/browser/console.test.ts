@@ -8,7 +8,7 @@ import pino from 'pino';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { eventually, startTestService, TEST_API_KEY, type TestService } from '../support/service';
-import { SCENARIO_ENV, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
+import { SCENARIO_ENV, SCENARIO_MAIN_PARTNER, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
 
 /**
  * The operator console in a real browser (Debian's chromium driven by playwright-core) against the real
@@ -55,19 +55,20 @@ describeBrowser('operator console in chromium', () => {
     });
     svc = await startTestService({
       db,
+      partner: SCENARIO_MAIN_PARTNER,
       extraPartners: SCENARIO_PARTNERS,
       env: { ...SCENARIO_ENV, API_KEYS: `${TEST_API_KEY},oncall:${ONCALL_KEY}` },
       // Everything the service logs (info and up) is kept to check the key never shows in it.
       logger: pino({ level: 'info' }, sink),
     });
-    s = await seedStoryScenario(svc, 'ui');
+    s = await seedStoryScenario(svc, '');
     profileDir = mkdtempSync(path.join(tmpdir(), 'cr-chromium-'));
     mkdirSync(SCREENSHOTS, { recursive: true });
     // A fresh profile directory per run (Playwright passes it as --user-data-dir).
     context = await chromium.launchPersistentContext(profileDir, {
       executablePath: executablePath!,
       args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 900 },
+      viewport: { width: 1280, height: 800 },
       colorScheme: 'light',
       timezoneId: 'UTC',
     });
@@ -87,6 +88,12 @@ describeBrowser('operator console in chromium', () => {
   });
 
   /** axe-core on the page as it is; no serious or critical violation. Injected over CDP, which the CSP does not govern. */
+  /** A screenshot for docs/screenshots (with CONSOLE_SCREENSHOTS=1), without a stray focus ring. */
+  async function shoot(name: string, on: Page = page): Promise<void> {
+    await on.evaluate(() => (document.activeElement as HTMLElement | null)?.blur());
+    await on.screenshot({ path: path.join(SCREENSHOTS, name), fullPage: true });
+  }
+
   async function expectAccessible(what: string): Promise<void> {
     await page.evaluate(AXE);
     const result = (await page.evaluate(() => (window as unknown as { axe: { run: (o: unknown) => Promise<unknown> } }).axe.run({ resultTypes: ['violations'] }))) as {
@@ -94,6 +101,13 @@ describeBrowser('operator console in chromium', () => {
     };
     const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${what}: ${v.id} (${v.impact}) at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
     expect(bad).toEqual([]);
+  }
+
+  /** Opens a task's story and waits for that task's own heading (a hash change keeps the old view until the new one is drawn). */
+  async function openStory(task: { id: string; requestNo: string }): Promise<void> {
+    await page.goto(`${svc.url}/console/#/task/${task.id}`);
+    await page.getByRole('heading', { name: task.requestNo, exact: true }).waitFor();
+    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
   }
 
   const timelineKinds = () => page.$$eval('ol.timeline > li', (lis) => lis.map((li) => `${li.getAttribute('data-kind')}: ${li.querySelector('.entry-title > span:last-child')?.textContent ?? ''}`));
@@ -131,10 +145,10 @@ describeBrowser('operator console in chromium', () => {
     await page.getByText('Signed in as').waitFor();
     expect(await page.textContent('#who-label')).toContain('oncall');
     const rows = await page.$$eval('table.overview-table tbody tr', (trs) => trs.map((tr) => tr.textContent ?? ''));
-    expect(rows.map((r) => r.split(/\d/)[0])).toEqual(expect.arrayContaining(['payments', 'shipping', 'sim']));
+    expect(rows.map((r) => r.split(/\d/)[0])).toEqual(expect.arrayContaining(['payouts', 'shipping', 'billing']));
     expect(await page.$eval('table.overview-table', (t) => t.textContent)).toContain('closed');
     await expectAccessible('overview');
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'overview.png'), fullPage: true });
+    await shoot('overview.png');
   });
 
   test('the overview refreshes by itself from its JSON endpoint', async () => {
@@ -151,8 +165,8 @@ describeBrowser('operator console in chromium', () => {
     await page.getByRole('heading', { name: 'Search results' }).waitFor();
     const found = await rowTexts();
     expect(found).toHaveLength(2);
-    expect(found.join(' ')).toContain('payments');
-    expect(found.join(' ')).toContain('sim');
+    expect(found.join(' ')).toContain('payouts');
+    expect(found.join(' ')).toContain('billing');
     await expectAccessible('search results');
 
     await search.fill(s.conflict.requestNo);
@@ -169,8 +183,7 @@ describeBrowser('operator console in chromium', () => {
 
   test('a task’s story: fields and one timeline, oldest first, with every kind of entry', async () => {
     // Conflict: created, dispatched, the callback that settled it, the contradicting one, refused and unreadable ones.
-    await page.goto(`${svc.url}/console/#/task/${s.conflict.id}`);
-    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
+    await openStory(s.conflict);
     const conflict = await timelineKinds();
     const order = (entries: string[], wanted: RegExp[]) => {
       let at = -1;
@@ -187,33 +200,30 @@ describeBrowser('operator console in chromium', () => {
     expect(story).toContain('exploded');
     expect(await page.$eval('dl.fields', (d) => d.textContent)).toContain(s.conflict.id);
     await expectAccessible('task story');
+    await shoot('task-story.png');
 
     // Settled by callback, delivered three times: the duplicates are in the story.
-    await page.goto(`${svc.url}/console/#/task/${s.byCallback.id}`);
-    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
+    await openStory(s.byCallback);
     order(await timelineKinds(), [/^status: Created/, /^dispatch: /, /^callback: Callback: succeeded/, /^status: .*→ succeeded/, /^duplicate: 2 duplicate deliveries/]);
 
     // Settled by poll: a status check, then the move with source poll.
-    await page.goto(`${svc.url}/console/#/task/${s.byPoll.id}`);
-    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
+    await openStory(s.byPoll);
     order(await timelineKinds(), [/^status: Created/, /^dispatch: Dispatch attempt 1: received/, /^status: pending → dispatched/, /^manual: Reconcile requested by key-/, /^check: Status check: partner says succeeded/, /^status: dispatched → succeeded/]);
     expect(await page.textContent('ol.timeline')).toContain('source: poll');
 
     // The callback came first: it is listed before the task was created, and applied after.
-    await page.goto(`${svc.url}/console/#/task/${s.early.id}`);
-    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
+    await openStory(s.early);
     order(await timelineKinds(), [/^callback: Callback: succeeded/, /^status: Created/, /^status: pending → succeeded/]);
     expect(await page.textContent('ol.timeline')).toContain('arrived before the task existed');
 
     // A dispatch that failed first: its error class.
-    await page.goto(`${svc.url}/console/#/task/${s.transient.id}`);
-    await page.getByRole('heading', { name: 'Timeline' }).waitFor();
+    await openStory(s.transient);
     order(await timelineKinds(), [/^status: Created/, /^dispatch: Dispatch attempt 1: transient/, /^dispatch: Dispatch attempt 2: received/]);
     expect(await page.textContent('ol.timeline')).toContain('error class: http_5xx');
   });
 
   test('Reconcile now, by keyboard: asks for confirmation, shows the outcome, and is written with the key’s label', async () => {
-    await page.goto(`${svc.url}/console/#/task/${s.open.id}`);
+    await openStory(s.open);
     const button = page.getByRole('button', { name: 'Reconcile now' });
     await button.waitFor();
     await button.focus();
@@ -230,13 +240,13 @@ describeBrowser('operator console in chromium', () => {
     await page.keyboard.press('Tab'); // from Cancel to the confirming button
     await page.keyboard.press('Enter');
     await page.getByText(/Outcome: The partner says processing; the task is dispatched/).waitFor({ timeout: 30_000 });
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'task-story.png'), fullPage: true });
+    await shoot('reconcile-now.png');
     const entries = await timelineKinds();
     expect(entries.filter((e) => /^manual: Reconcile requested by oncall$/.test(e))).toHaveLength(1);
     const events = (await svc.api.get(`/v1/tasks/${s.open.id}/events`)).data.items;
     expect(events.filter((e: { source: string }) => e.source === 'manual')).toEqual([expect.objectContaining({ detail: { type: 'manual', action: 'reconcile', by: 'oncall' } })]);
     // A final task offers no reconcile.
-    await page.goto(`${svc.url}/console/#/task/${s.byCallback.id}`);
+    await openStory(s.byCallback);
     await page.getByText('Nothing to check: the task is succeeded.').waitFor();
     expect(await page.getByRole('button', { name: 'Reconcile now' }).isDisabled()).toBe(true);
   });
@@ -250,7 +260,7 @@ describeBrowser('operator console in chromium', () => {
     const newest = [...s.all].sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.id.localeCompare(a.id));
     expect(first[0]).toContain(newest[0]!.requestNo);
     await expectAccessible('task list');
-    await page.screenshot({ path: path.join(SCREENSHOTS, 'task-list.png'), fullPage: true });
+    await shoot('task-list.png');
 
     await page.getByRole('button', { name: 'Older →' }).click();
     await page.getByText(/^Page 2 · /).waitFor();
@@ -267,26 +277,32 @@ describeBrowser('operator console in chromium', () => {
     await page.waitForFunction(() => [...document.querySelectorAll('table.task-table tbody tr')].every((tr) => tr.textContent?.includes('failed')));
     const failed = await rowTexts();
     expect(failed.length).toBe(s.all.filter((t) => t.payload.simulate && (t.payload.simulate as { outcome?: string }).outcome === 'failed').length);
-    await page.getByLabel('Partner').selectOption('payments');
-    await page.waitForFunction(() => location.hash.includes('partner=payments'));
-    await page.waitForFunction(() => [...document.querySelectorAll('table.task-table tbody tr')].every((tr) => tr.textContent?.includes('payments') || tr.textContent?.includes('No tasks')));
+    await page.getByLabel('Partner').selectOption('payouts');
+    await page.waitForFunction(() => location.hash.includes('partner=payouts'));
+    await page.waitForFunction(() => [...document.querySelectorAll('table.task-table tbody tr')].every((tr) => tr.textContent?.includes('payouts') || tr.textContent?.includes('No tasks')));
     await page.getByLabel('Status').selectOption('');
     await page.waitForFunction(() => !location.hash.includes('status='));
     const payments = await rowTexts();
-    expect(payments.length).toBe(s.all.filter((t) => t.partner === 'payments').length);
-    expect(payments.every((r) => r.includes('payments'))).toBe(true);
+    expect(payments.length).toBe(s.all.filter((t) => t.partner === 'payouts').length);
+    expect(payments.every((r) => r.includes('payouts'))).toBe(true);
   });
 
   test('readable on a phone-sized screen: no sideways scrolling, story and list fit', async () => {
     const phone = await context.newPage();
     await phone.setViewportSize({ width: 390, height: 844 });
-    for (const hash of ['#/overview', '#/tasks', `#/task/${s.conflict.id}`]) {
+    // A new tab has its own sessionStorage: it signs in by itself.
+    await phone.goto(`${svc.url}/console/`);
+    await phone.getByLabel('API key').fill(ONCALL_KEY);
+    await phone.getByLabel('API key').press('Enter');
+    await phone.getByRole('heading', { name: 'Overview' }).waitFor();
+    for (const [hash, heading] of [['#/overview', 'Overview'], ['#/tasks', 'Tasks'], [`#/task/${s.conflict.id}`, 'Timeline']] as const) {
       await phone.goto(`${svc.url}/console/${hash}`);
-      await phone.waitForSelector('main h1');
+      await phone.getByRole('heading', { name: heading, exact: true }).waitFor();
       await phone.waitForLoadState('networkidle');
       const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       expect({ hash, overflow }).toEqual({ hash, overflow: 0 });
     }
+    await phone.evaluate(() => (document.activeElement as HTMLElement | null)?.blur());
     await phone.screenshot({ path: path.join(SCREENSHOTS, 'task-story-phone.png'), fullPage: false });
     await phone.close();
   });

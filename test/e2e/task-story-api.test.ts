@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { eventually, startTestService, TEST_API_KEY, type TestService } from '../support/service';
-import { SCENARIO_ENV, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
+import { SCENARIO_ENV, SCENARIO_MAIN_PARTNER, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
 import { expectProblem } from './helpers';
 
 /**
@@ -111,8 +111,8 @@ describe('GET /v1/tasks?requestNo=', () => {
     const res = await get(`/v1/tasks?requestNo=${s.shared[0]!.requestNo}`);
     expect(res.status).toBe(200);
     expect(res.data.items.map((t: { id: string }) => t.id).sort()).toEqual(s.shared.map((t) => t.id).sort());
-    const one = await get(`/v1/tasks?requestNo=${s.shared[0]!.requestNo}&partner=payments`);
-    expect(one.data.items.map((t: { partner: string }) => t.partner)).toEqual(['payments']);
+    const one = await get(`/v1/tasks?requestNo=${s.shared[0]!.requestNo}&partner=payouts`);
+    expect(one.data.items.map((t: { partner: string }) => t.partner)).toEqual(['payouts']);
     expect((await get('/v1/tasks?requestNo=nobody-has-this')).data.items).toEqual([]);
   });
 
@@ -155,10 +155,10 @@ describe('GET /v1/overview', () => {
     const res = await get('/v1/overview');
     expect(res.status).toBe(200);
     const byId = new Map(res.data.partners.map((p: { id: string }) => [p.id, p]));
-    expect([...byId.keys()].sort()).toEqual(['payments', 'shipping', 'sim']);
+    expect([...byId.keys()].sort()).toEqual(['payouts', 'shipping', 'billing']);
     expect(byId.get('shipping')).toEqual(expect.objectContaining({ configured: true, open: { pending: 0, dispatched: 1 }, breaker: 'closed', conflicts24h: 0 }));
     expect((byId.get('shipping') as { oldestOpenTaskAgeSeconds: number }).oldestOpenTaskAgeSeconds).toBeGreaterThanOrEqual(0);
-    expect(byId.get('sim')).toEqual(expect.objectContaining({ conflicts24h: 1, open: { pending: 0, dispatched: 0 }, oldestOpenTaskAgeSeconds: null }));
+    expect(byId.get('billing')).toEqual(expect.objectContaining({ conflicts24h: 1, open: { pending: 0, dispatched: 0 }, oldestOpenTaskAgeSeconds: null }));
   });
 });
 

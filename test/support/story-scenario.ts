@@ -20,8 +20,10 @@ export interface StoryScenario {
   all: ApiTask[];
 }
 
+/** The test service's own partner (the simulator) goes by this id in the scenario. */
+export const SCENARIO_MAIN_PARTNER = { id: 'billing' };
 export const SCENARIO_PARTNERS = [
-  { id: 'payments', baseUrl: '{simulator}', callback: { secret: TEST_SECRET, verify: 'signature' } },
+  { id: 'payouts', baseUrl: '{simulator}', callback: { secret: TEST_SECRET, verify: 'signature' } },
   { id: 'shipping', baseUrl: '{simulator}', callback: { secret: TEST_SECRET, verify: 'signature' } },
 ];
 
@@ -45,44 +47,43 @@ async function settled(api: AxiosInstance, id: string, what: string, statuses = 
 
 export async function seedStoryScenario(svc: TestService, tag: string): Promise<StoryScenario> {
   const { api, url } = svc;
-  const rn = (n: string) => `${tag}-${n}`;
+  const rn = (n: string) => (tag ? `${tag}-${n}` : n);
 
-  const byCallback = await create(api, { partner: 'sim', requestNo: rn('order-1001'), kind: 'charge', payload: { amount: 4200, currency: 'EUR', simulate: { callback: { times: 3 } } } });
+  const byCallback = await create(api, { partner: 'billing', requestNo: rn('order-1001'), kind: 'charge', payload: { amount: 4200, currency: 'EUR', simulate: { callback: { times: 3 } } } });
 
-  const byPoll = await create(api, { partner: 'sim', requestNo: rn('order-1002'), kind: 'refund', payload: { amount: 1500, simulate: never } });
+  const byPoll = await create(api, { partner: 'billing', requestNo: rn('order-1002'), kind: 'refund', payload: { amount: 1500, simulate: never } });
   await eventually(async () => ((await api.get(`/v1/tasks/${byPoll.id}`)).data.status === 'dispatched' ? true : undefined), 'order-1002 dispatched', 30_000);
   await api.post(`/v1/tasks/${byPoll.id}/reconcile`);
 
   // The partner reports before the client's task exists: kept, then applied when the task is created.
   const earlyNo = rn('order-1003');
-  const early202 = await postCallback(url, 'sim', signCallback(report(earlyNo, 'succeeded', { result: { receipt: 'R-88' } }), { secret: TEST_SECRET }));
+  const early202 = await postCallback(url, 'billing', signCallback(report(earlyNo, 'succeeded', { result: { receipt: 'R-88' } }), { secret: TEST_SECRET }));
   if (early202.status !== 202) throw new Error(`early callback answered ${early202.status}`);
-  const early = await create(api, { partner: 'sim', requestNo: earlyNo, kind: 'charge', payload: { amount: 990, simulate: never } });
+  const early = await create(api, { partner: 'billing', requestNo: earlyNo, kind: 'charge', payload: { amount: 990, simulate: never } });
 
-  const conflict = await create(api, { partner: 'sim', requestNo: rn('order-1004'), kind: 'charge', payload: { amount: 12000 } });
+  const conflict = await create(api, { partner: 'billing', requestNo: rn('order-1004'), kind: 'charge', payload: { amount: 12000 } });
   await settled(api, conflict.id, 'order-1004 settled');
-  await postCallback(url, 'sim', signCallback(report(conflict.requestNo, 'failed', { error: { code: 'card_declined' } }), { secret: TEST_SECRET }));
+  await postCallback(url, 'billing', signCallback(report(conflict.requestNo, 'failed', { error: { code: 'card_declined' } }), { secret: TEST_SECRET }));
   const forged = signCallback(report(conflict.requestNo, 'failed'), { secret: 'whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD', webhookId: newWebhookId() });
-  await postCallback(url, 'sim', forged);
-  await postCallback(url, 'sim', signCallback({ requestNo: conflict.requestNo, status: 'exploded' }, { secret: TEST_SECRET }));
+  await postCallback(url, 'billing', forged);
+  await postCallback(url, 'billing', signCallback({ requestNo: conflict.requestNo, status: 'exploded' }, { secret: TEST_SECRET }));
 
-  const transient = await create(api, { partner: 'payments', requestNo: rn('order-1005'), kind: 'payout', payload: { amount: 300, simulate: { dispatch: [{ status: 503 }, { status: 202 }] } } });
+  const transient = await create(api, { partner: 'payouts', requestNo: rn('order-1005'), kind: 'payout', payload: { amount: 300, simulate: { dispatch: [{ status: 503 }, { status: 202 }] } } });
   const open = await create(api, { partner: 'shipping', requestNo: rn('order-1006'), kind: 'label', payload: { parcel: 'P-7', simulate: { callback: { mode: 'never' }, processingForMs: 3_600_000 } } });
 
   const shared = [
-    await create(api, { partner: 'sim', requestNo: rn('order-2001'), kind: 'charge', payload: { amount: 50 } }),
-    await create(api, { partner: 'payments', requestNo: rn('order-2001'), kind: 'payout', payload: { amount: 50 } }),
+    await create(api, { partner: 'billing', requestNo: rn('order-2001'), kind: 'charge', payload: { amount: 50 } }),
+    await create(api, { partner: 'payouts', requestNo: rn('order-2001'), kind: 'payout', payload: { amount: 50 } }),
   ];
 
   const filler: ApiTask[] = [];
-  const partners = ['sim', 'payments', 'shipping'];
-  const kinds = ['charge', 'refund', 'payout', 'label'];
+  const partners = ['billing', 'payouts', 'shipping'];
   for (let i = 0; i < 22; i++) {
     filler.push(
       await create(api, {
         partner: partners[i % 3],
         requestNo: rn(`order-${3001 + i}`),
-        kind: kinds[i % 4],
+        kind: i % 3 === 0 ? (i % 2 ? 'refund' : 'charge') : i % 3 === 1 ? 'payout' : 'label',
         payload: { amount: 100 + i, ...(i % 7 === 3 ? { simulate: { outcome: 'failed', error: { code: 'insufficient_funds' } } } : {}) },
       }),
     );
