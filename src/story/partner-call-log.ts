@@ -86,11 +86,13 @@ export class PartnerCallLog {
   }
 }
 
-/** Partner text as Postgres text can hold it: no NUL, no lone surrogates, bounded. */
+/** Unpaired UTF-16 surrogates, which Postgres text cannot hold. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/** Partner text as Postgres text can hold it: no NUL, no lone surrogates, at most MAX_ERROR_MESSAGE long. */
 function storable(message: string | undefined): string | null {
   if (message === undefined) return null;
-  return message
-    .slice(0, MAX_ERROR_MESSAGE)
-    .replace(/\u0000/g, '\\u0000')
-    .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  const escaped = message.replace(/\u0000/g, '\\u0000').replace(LONE_SURROGATE, '\ufffd');
+  // Cutting can split a surrogate pair; the cut end is cleaned again.
+  return escaped.slice(0, MAX_ERROR_MESSAGE).replace(LONE_SURROGATE, '\ufffd');
 }
