@@ -259,9 +259,11 @@ function countCell(label, n, href, tone = '') {
 
 // ---------------------------------------------------------------- task list
 
+/** @returns {Promise<string[]>} the configured partner ids, read once per sign-in */
 async function partners() {
-  state.partners ??= (await api('/v1/partners')).items.map((/** @type {any} */ p) => p.id);
-  return state.partners;
+  const ids = state.partners ?? (await api('/v1/partners')).items.map((/** @type {any} */ p) => p.id);
+  state.partners = ids;
+  return ids;
 }
 
 /** @param {URLSearchParams} query @param {number} view */
@@ -283,6 +285,7 @@ async function tasksView(query, view) {
 
   const listHash = (/** @type {Record<string,string>} */ over) => {
     const q = new URLSearchParams();
+    /** @type {Record<string, string>} */
     const merged = { status, partner, ...over };
     if (merged.status) q.set('status', merged.status);
     if (merged.partner) q.set('partner', merged.partner);

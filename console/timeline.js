@@ -7,6 +7,7 @@
  *   title: string, meta: string[], tone: 'ok'|'bad'|'warn'|'info'|'plain', rank: number, body?: string, notification?: any }} Entry
  */
 
+/** @type {Record<string, string>} */
 const VERIFICATION_TEXT = {
   verified: 'signature verified',
   missing_headers: 'refused: signature headers missing',
@@ -15,6 +16,7 @@ const VERIFICATION_TEXT = {
   poll_hint: 'not verified (partner verified by polling): triggered a status check',
 };
 
+/** @type {Record<string, string>} */
 const CALLBACK_OUTCOME_TEXT = {
   queued: 'kept: waiting for its task',
   applied: 'applied',
@@ -25,10 +27,10 @@ const CALLBACK_OUTCOME_TEXT = {
   poll: 'answered 202',
 };
 
-/** @param {string | null | undefined} s */
+/** @param {string | null | undefined} s @returns {Entry['tone']} */
 const tone = (s) => (s === 'succeeded' ? 'ok' : s === 'failed' || s === 'rejected' ? 'bad' : s === 'expired' ? 'warn' : 'info');
 
-/** @param {any} e a task event */
+/** @param {any} e a task event @returns {Entry} */
 function fromEvent(e) {
   const d = e.detail || {};
   const meta = [`source: ${e.source}`];
@@ -48,7 +50,7 @@ function fromEvent(e) {
   return { at: e.at, kind: 'status', rank: 3, tone: e.from === e.to ? 'plain' : tone(e.to), title, meta };
 }
 
-/** @param {any} c a partner call @param {number} n its number among calls of the same operation */
+/** @param {any} c a partner call @param {number} n its number among calls of the same operation @returns {Entry} */
 function fromCall(c, n) {
   const meta = [];
   if (c.httpStatus) meta.push(`HTTP ${c.httpStatus}`);
@@ -131,6 +133,7 @@ export function buildTimeline({ task, events, attempts, callbacks, notifications
     .map(({ e }) => e);
 }
 
+/** @type {Record<string, string>} */
 export const KIND_LABEL = {
   status: 'Status',
   dispatch: 'Dispatch',
