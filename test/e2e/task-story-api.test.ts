@@ -18,6 +18,7 @@ beforeAll(async () => {
   db = await createTestDatabase();
   svc = await startTestService({
     db,
+    partner: SCENARIO_MAIN_PARTNER,
     extraPartners: SCENARIO_PARTNERS,
     env: { ...SCENARIO_ENV, API_KEYS: `${TEST_API_KEY},oncall:${ONCALL_KEY}` },
   });
@@ -155,7 +156,7 @@ describe('GET /v1/overview', () => {
     const res = await get('/v1/overview');
     expect(res.status).toBe(200);
     const byId = new Map(res.data.partners.map((p: { id: string }) => [p.id, p]));
-    expect([...byId.keys()].sort()).toEqual(['payouts', 'shipping', 'billing']);
+    expect([...byId.keys()].sort()).toEqual(['billing', 'payouts', 'shipping']);
     expect(byId.get('shipping')).toEqual(expect.objectContaining({ configured: true, open: { pending: 0, dispatched: 1 }, breaker: 'closed', conflicts24h: 0 }));
     expect((byId.get('shipping') as { oldestOpenTaskAgeSeconds: number }).oldestOpenTaskAgeSeconds).toBeGreaterThanOrEqual(0);
     expect(byId.get('billing')).toEqual(expect.objectContaining({ conflicts24h: 1, open: { pending: 0, dispatched: 0 }, oldestOpenTaskAgeSeconds: null }));
