@@ -13,6 +13,7 @@ import type { Metrics } from './observability/metrics';
 import type { PartnerRegistry } from './partners/partner-registry';
 import { consoleRoutes } from './console/console-routes';
 import type { StoryService } from './story/story-service';
+import { manualActionAudit } from './story/manual-audit';
 import { storyRoutes } from './story/story-routes';
 import { taskRoutes } from './tasks/task-routes';
 import type { TaskService } from './tasks/task-service';
@@ -45,6 +46,7 @@ export function buildApp(deps: AppDeps): Express {
   app.use(consoleRoutes());
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
+  app.use(manualActionAudit(deps.tasks, deps.logger));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
   app.use(storyRoutes(deps.story, deps.apiKeys.length > 0));
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));

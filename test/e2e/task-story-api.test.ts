@@ -1,4 +1,9 @@
+import type { AddressInfo } from 'node:net';
+import axios from 'axios';
+import express from 'express';
 import fc from 'fast-check';
+import pino from 'pino';
+import { manualActionAudit } from '../../src/story/manual-audit';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { eventually, startTestService, TEST_API_KEY, type TestService } from '../support/service';
 import { SCENARIO_ENV, SCENARIO_MAIN_PARTNER, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
@@ -181,6 +186,36 @@ describe('key labels and manual actions', () => {
       const calls = (await get(`/v1/tasks/${s.open.id}/attempts`)).data.items;
       return calls.length > before && calls.at(-1).operation === 'status' ? calls.at(-1) : undefined;
     }, 'the on-demand check recorded', 20_000);
+  });
+});
+
+describe('manual redelivery audit', () => {
+  test('a 202 to a redeliver request is written to the task events with the key label; other answers are not', async () => {
+    // The notifications router is another module's; a stand-in answers 202 (or 404) behind the real audit.
+    const app = express();
+    app.use((_req, res, next) => {
+      res.locals.apiKeyLabel = 'oncall';
+      next();
+    });
+    app.use(manualActionAudit(svc.runtime.tasks, pino({ level: 'silent' })));
+    app.post('/v1/tasks/:id/notifications/:nid/redeliver', (req, res) => {
+      res.status(req.params.nid === 'missing' ? 404 : 202).json({});
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const nid = '0190f5e0-0000-7000-8000-00000000abcd';
+      expect((await axios.post(`${base}/v1/tasks/${s.byCallback.id}/notifications/missing/redeliver`, undefined, { validateStatus: () => true })).status).toBe(404);
+      expect((await axios.post(`${base}/v1/tasks/${s.byCallback.id}/notifications/${nid}/redeliver`)).status).toBe(202);
+      const manual = await eventually(async () => {
+        const items = (await get(`/v1/tasks/${s.byCallback.id}/events`)).data.items.filter((e: { source: string }) => e.source === 'manual');
+        return items.length > 0 ? items : undefined;
+      }, 'the manual event', 10_000);
+      expect(manual).toEqual([expect.objectContaining({ from: 'succeeded', to: 'succeeded', detail: { type: 'manual', action: 'redeliver', by: 'oncall', notification: nid } })]);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 
