@@ -15,7 +15,7 @@ import { consoleRoutes } from './console/console-routes';
 import type { StoryService } from './story/story-service';
 import { manualActionAudit } from './story/manual-audit';
 import { storyRoutes } from './story/story-routes';
-import { taskRoutes } from './tasks/task-routes';
+import { LongPollLimit, taskRoutes } from './tasks/task-routes';
 import type { TaskService } from './tasks/task-service';
 
 export interface AppDeps {
@@ -28,6 +28,8 @@ export interface AppDeps {
   story: StoryService;
   apiKeys: readonly ApiKey[];
   maxBodyBytes: number;
+  /** Caps the `waitSeconds` reads held open at once; beyond it they are answered at once. */
+  longPolls?: LongPollLimit;
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
@@ -42,12 +44,12 @@ export function buildApp(deps: AppDeps): Express {
   app.set('query parser', 'simple');
   app.use(requestLogging(deps.logger));
   app.use(deps.drain.middleware);
-  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining));
+  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer')));
   app.use(consoleRoutes());
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(manualActionAudit(deps.tasks, deps.logger));
-  app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
+  app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes, deps.longPolls ?? new LongPollLimit(Number.MAX_SAFE_INTEGER)));
   app.use(storyRoutes(deps.story, deps.apiKeys.length > 0));
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));

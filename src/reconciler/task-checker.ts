@@ -68,7 +68,11 @@ export class TaskChecker {
     const partner = client.config;
     const now = this.deps.clock.now();
     if (now.getTime() >= new Date(task.expires_at).getTime()) return this.expire(task, fence, now);
-    if (task.status === 'pending' && task.last_dispatch_outcome === 'transient') return this.redispatch(task, fence);
+    if (task.status === 'pending' && task.last_dispatch_outcome === 'transient') {
+      // The attempt about to leave may never be recorded; until it is, the task must read "ask first".
+      if (!(await this.deps.repo.beginResend(task.id, fence))) return 'fenced_out';
+      return this.redispatch(task, fence);
+    }
 
     const answer = await client.status(task.request_no);
     if (answer.kind !== 'deferred') {
