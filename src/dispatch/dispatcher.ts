@@ -163,7 +163,8 @@ export class Dispatcher {
     const expiresAt = new Date(task.expires_at);
     const base = { taskId: task.id, source: 'dispatch' as const, now, fence, from: ['pending' as const] };
     const detail = { type: 'dispatch', outcome: result.kind, ...(result.httpStatus ? { httpStatus: result.httpStatus } : {}) };
-    const apply = (spec: Omit<TransitionSpec, keyof typeof base>) => this.deps.transitions.apply(task.partner, { ...base, ...spec });
+    // Outcomes of concurrent dispatches share statements (group commit); each keeps its own fence and rules.
+    const apply = (spec: Omit<TransitionSpec, keyof typeof base>) => this.deps.transitions.applyBatched(task.partner, { ...base, ...spec });
     const attempts = task.dispatch_attempts + 1;
 
     switch (result.kind) {

@@ -11,8 +11,11 @@ import type { TaskService } from '../tasks/task-service';
  */
 export function manualActionAudit(tasks: TaskService, logger: Logger): Router {
   const router = Router();
-  router.post('/v1/tasks/:id/notifications/:nid/redeliver', (req, res, next) => {
-    const { id, nid } = req.params;
+  // Middleware (router.use), not a route: it answers nothing, so it must not look like an endpoint to the
+  // OpenAPI route walk (test/e2e/openapi.test.ts); the endpoint is the notifications module's.
+  router.use('/v1/tasks/:id/notifications/:nid/redeliver', (req, res, next) => {
+    if (req.method !== 'POST' || (req.path !== '/' && req.path !== '')) return next();
+    const { id, nid } = req.params as { id: string; nid: string };
     res.on('finish', () => {
       if (res.statusCode !== 202) return;
       tasks.recordManual(id, 'redeliver', keyLabel(res), { notification: nid }).catch((err: unknown) => {
