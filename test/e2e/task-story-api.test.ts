@@ -5,8 +5,9 @@ import fc from 'fast-check';
 import pino from 'pino';
 import { manualActionAudit } from '../../src/story/manual-audit';
 import { createTestDatabase, type TestDatabase } from '../support/database';
-import { eventually, startTestService, TEST_API_KEY, type TestService } from '../support/service';
+import { eventually, startTestService, TEST_API_KEY, TEST_SECRET, type TestService } from '../support/service';
 import { SCENARIO_ENV, SCENARIO_MAIN_PARTNER, SCENARIO_PARTNERS, seedStoryScenario, type StoryScenario } from '../support/story-scenario';
+import { postCallback, signCallback } from './callback-helpers';
 import { expectProblem } from './helpers';
 
 /**
@@ -225,5 +226,19 @@ describe('/openapi.json', () => {
     for (const p of ['/v1/tasks/{id}/attempts', '/v1/tasks/{id}/callbacks', '/v1/overview', '/v1/me']) expect(doc.paths[p]?.get).toBeDefined();
     expect(doc.paths['/v1/tasks'].get.parameters.map((p: { name: string }) => p.name)).toContain('requestNo');
     for (const c of ['PartnerCallList', 'ReceivedCallbackList', 'Overview', 'Session']) expect(doc.components.schemas[c]).toBeDefined();
+  });
+});
+
+describe('redeliveries on the store-and-apply path (group commit)', () => {
+  test('concurrent copies of one definitive callback: one stored, every other copy counted on it', async () => {
+    const task = (await svc.api.post('/v1/tasks', { partner: 'payouts', kind: 'payout', payload: { simulate: { callback: { mode: 'never' } } } })).data as { id: string; requestNo: string };
+    const signed = signCallback({ requestNo: task.requestNo, status: 'succeeded', result: { ref: 'P-1' } }, { secret: TEST_SECRET });
+    // Copies at once may share one batched statement or race separate ones: both must count the copy.
+    const copies = 6;
+    const answers = await Promise.all(Array.from({ length: copies }, () => postCallback(svc.url, 'payouts', signed)));
+    const outcomes = answers.map((a) => (a.data as { outcome: string }).outcome);
+    expect(outcomes.filter((o) => o !== 'duplicate')).toHaveLength(1);
+    const items = (await get(`/v1/tasks/${task.id}/callbacks`)).data.items as Array<{ webhookId: string; duplicates: number }>;
+    expect(items).toEqual([expect.objectContaining({ webhookId: signed.headers['webhook-id'], duplicates: copies - 1 })]);
   });
 });
