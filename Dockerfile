@@ -40,6 +40,8 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/migrations ./dist/migrations
 # The bundled partners file (the default PARTNERS_FILE) and any other partner files shipped with the repo.
 COPY config ./config
+# The operator console's static files (served at /console/, no build step).
+COPY console ./console
 # PID 1: passes SIGTERM on to the service even through a shell wrapper, and reaps orphans.
 COPY scripts/container-init.sh /usr/local/bin/container-init
 # Code stays root-owned and read-only to the app; only the embedded database's folder is writable.

@@ -1,6 +1,7 @@
 import express, { type Express } from 'express';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import type { ApiKey } from './config/config';
 import type { Database } from './db/schema';
 import { requireApiKey } from './http/auth';
 import type { HttpDrain } from './http/drain';
@@ -12,6 +13,10 @@ import { HttpProblem, problemHandler } from './http/problem';
 import { requestLogging } from './http/request-context';
 import type { Metrics } from './observability/metrics';
 import type { PartnerRegistry } from './partners/partner-registry';
+import { consoleRoutes } from './console/console-routes';
+import type { StoryService } from './story/story-service';
+import { manualActionAudit } from './story/manual-audit';
+import { storyRoutes } from './story/story-routes';
 import { LongPollLimit, taskRoutes } from './tasks/task-routes';
 import type { TaskService } from './tasks/task-service';
 
@@ -21,7 +26,9 @@ export interface AppDeps {
   metrics: Metrics;
   partners: PartnerRegistry;
   tasks: TaskService;
-  apiKeys: readonly string[];
+  /** The task story and overview reads (the operator console's API). */
+  story: StoryService;
+  apiKeys: readonly ApiKey[];
   maxBodyBytes: number;
   /** Caps the `waitSeconds` reads held open at once; beyond it they are answered at once. */
   longPolls?: LongPollLimit;
@@ -51,11 +58,14 @@ export function buildApp(deps: AppDeps): Express {
   app.use(
     opsRoutes(deps.db, deps.metrics, openApi, () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer'), () => lifecycle?.isStarting ?? false),
   );
+  app.use(consoleRoutes());
   if (lifecycle) app.use(lifecycle.gate);
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
+  app.use(manualActionAudit(deps.tasks, deps.logger));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes, deps.longPolls ?? new LongPollLimit(Number.MAX_SAFE_INTEGER)));
   for (const router of deps.clientFacing ?? []) app.use(router);
+  app.use(storyRoutes(deps.story, deps.apiKeys.length > 0));
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));
   return app;

@@ -35,6 +35,9 @@ import { NotificationService } from './notifications/notification-service';
 import { Housekeeping } from './reconciler/housekeeping';
 import { Reconciler } from './reconciler/reconciler';
 import { TaskChecker } from './reconciler/task-checker';
+import { PartnerCallLog } from './story/partner-call-log';
+import { StoryRepository } from './story/story-repository';
+import { StoryService } from './story/story-service';
 
 /** How often the inbox safety net looks for queued callbacks whose task exists by now. */
 export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
@@ -112,6 +115,9 @@ export interface Runtime {
   readonly deliveryWorker: DeliveryWorker | undefined;
   /** Undefined when LONG_POLL_NOTIFY is false. */
   readonly wakeListener: TaskWakeListener | undefined;
+  /** Dispatch attempts and status queries, recorded for the task story (buffered; `flush()` in tests). */
+  readonly callLog: PartnerCallLog;
+  readonly story: StoryService;
   /** The `waitSeconds` reads held open now, and their cap. */
   readonly longPolls: LongPollLimit;
   /**
@@ -173,7 +179,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
   metrics.observeQueue('transition', () => transitionBatcher.depth);
   const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec));
+  const callLog = new PartnerCallLog(database.db, logger);
   const dispatcher = new Dispatcher({
+    callLog,
     partners,
     transitions,
     repo,
@@ -234,7 +242,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     checkNotifyUrl: (url): Promise<void> => notifications.checkNotifyUrl(url),
   });
   const notifications = new NotificationService({ repo: notificationRepo, tasks, guard, wake: () => deliveryWorker?.wake() });
-  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger });
+  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger, callLog });
+  const story = new StoryService({ repo: new StoryRepository(database.db), tasks, partners, clock });
   const reconciler = new Reconciler(
     { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
     {
@@ -260,6 +269,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     metrics,
     partners,
     tasks,
+    story,
     apiKeys: config.apiKeys,
     maxBodyBytes: config.maxBodyBytes,
     drain,
@@ -338,12 +348,13 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       // After the last batched move: outbox rows it wrote are picked up now or by another replica later.
       await deliveryWorker?.stop();
       sender?.close();
+      await callLog.flush();
       partners.close();
       await database.close();
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, longPolls, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, notifications, notificationRepo, deliveryWorker, wakeListener, callLog, story, longPolls, stop };
 }
 
 /**

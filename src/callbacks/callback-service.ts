@@ -4,7 +4,7 @@ import type { PartnerConfig } from '../config/partners';
 import type { InboxRow, TaskRow } from '../db/schema';
 import { HttpProblem } from '../http/problem';
 import type { Metrics } from '../observability/metrics';
-import { mapPartnerBody, type MappingResult, type PartnerReport } from '../partners/mapping';
+import { mapPartnerBody, readPointer, type MappingResult, type PartnerReport } from '../partners/mapping';
 import { isValidRequestNo } from '../tasks/task-schemas';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { transitionForReport } from '../tasks/report-transition';
@@ -71,10 +71,12 @@ export class CallbackService {
     if (!partner) throw new HttpProblem(404, `unknown partner "${partnerId}"`);
     const count = (outcome: string) => this.deps.metrics.callbacks.inc({ partner: partner.id, outcome });
 
-    if (partner.callback.verify === 'poll') return this.receiveUntrusted(partner, rawBody);
+    if (partner.callback.verify === 'poll') return this.receiveUntrusted(partner, rawBody, headers);
 
-    if (!this.verifiers.get(partner.id)!.verify(rawBody, headers)) {
+    const verification = this.verifiers.get(partner.id)!.check(rawBody, headers);
+    if (verification !== 'verified') {
       count('unauthorized');
+      await this.noteUnverified(partner, rawBody, headers, verification);
       throw new HttpProblem(401, 'missing or invalid Standard Webhooks signature');
     }
     const body = parseJson(rawBody);
@@ -93,8 +95,9 @@ export class CallbackService {
 
     if (!mapped.ok) {
       // Kept for inspection: a partner sending shapes we cannot read is something an operator must see.
-      const stored = await this.deps.inbox.store({ partner: partner.id, webhookId, requestNo: null, reportedStatus: null, result: null, error: null, rawBody: rawText, receivedAt, outcome: 'unreadable' });
-      if (!stored.stored) return this.answer(partner, 'duplicate');
+      // The request number is kept when it can be read, so the callback shows in its task's story.
+      const stored = await this.deps.inbox.store({ partner: partner.id, webhookId, requestNo: readableRequestNo(partner, body) ?? null, reportedStatus: null, result: null, error: null, rawBody: rawText, receivedAt, outcome: 'unreadable' });
+      if (!stored.stored) return this.duplicate(partner, webhookId, receivedAt);
       count('unreadable');
       throw new HttpProblem(400, `the callback cannot be read: ${mapped.reason}`);
     }
@@ -118,10 +121,10 @@ export class CallbackService {
       try {
         r = await this.deps.storeAndApply({ row, spec });
       } catch (err) {
-        if (isDuplicateCallback(err)) return this.answer(partner, 'duplicate');
+        if (isDuplicateCallback(err)) return this.duplicate(partner, webhookId, receivedAt);
         rethrowAsBusy(err, () => this.deps.metrics.batchRefused.inc({ batcher: 'callback' }));
       }
-      if (!r.stored) return this.answer(partner, 'duplicate');
+      if (!r.stored) return this.duplicate(partner, webhookId, receivedAt);
       if (r.applied) {
         this.deps.metrics.callbackLookupWait.observe((performance.now() - started) / 1000);
         const outcome = this.deps.transitions.record(partner.id, { ...spec, taskId: r.taskId! }, r.applied).outcome;
@@ -130,7 +133,7 @@ export class CallbackService {
       stored = { inboxId: r.inboxId, task: undefined };
     } else {
       const s = await this.deps.inbox.store(row);
-      if (!s.stored) return this.answer(partner, 'duplicate');
+      if (!s.stored) return this.duplicate(partner, webhookId, receivedAt);
       stored = s;
     }
 
@@ -215,21 +218,54 @@ export class CallbackService {
   }
 
   /** A `verify: "poll"` partner's callback is only a hint: nothing in it is applied; its task is checked now. */
-  private async receiveUntrusted(partner: PartnerConfig, rawBody: Buffer): Promise<CallbackAnswer> {
+  private async receiveUntrusted(partner: PartnerConfig, rawBody: Buffer, headers: Record<string, string | string[] | undefined>): Promise<CallbackAnswer> {
     const body = parseJson(rawBody);
     if (body === undefined) throw new HttpProblem(400, 'the callback body is not valid JSON');
     const mapped = readCallback(partner, body);
     if (mapped.ok) {
       const task = await this.deps.tasks.findByRequestNo(partner.id, mapped.report.requestNo!);
-      if (task) await this.deps.requestCheck(task.id);
+      if (task) {
+        await this.noteUnverified(partner, rawBody, headers, 'poll_hint');
+        await this.deps.requestCheck(task.id);
+      }
     }
     return this.answer(partner, 'poll');
+  }
+
+  /** A redelivery: counted on the stored callback for the task story, then answered `duplicate`. */
+  private async duplicate(partner: PartnerConfig, webhookId: string, at: Date): Promise<CallbackAnswer> {
+    await this.deps.inbox.countDuplicate(partner.id, webhookId, at);
+    return this.answer(partner, 'duplicate');
+  }
+
+  /**
+   * Notes an unverified callback on the task it names, for the task story. Best effort: a failure here
+   * must not change the answer the partner gets.
+   */
+  private async noteUnverified(partner: PartnerConfig, rawBody: Buffer, headers: Record<string, string | string[] | undefined>, verification: string): Promise<void> {
+    const requestNo = readableRequestNo(partner, parseJson(rawBody));
+    if (requestNo === undefined) return;
+    const id = headers['webhook-id'];
+    const webhookId = typeof id === 'string' && id !== '' ? id : null;
+    try {
+      await this.deps.inbox.recordRefused(partner.id, requestNo, webhookId, verification, this.deps.clock.now());
+    } catch (err) {
+      this.deps.logger.warn({ err, partner: partner.id }, 'could not note an unverified callback');
+    }
   }
 
   private answer(partner: PartnerConfig, outcome: CallbackOutcome, countAs?: string): CallbackAnswer {
     this.deps.metrics.callbacks.inc({ partner: partner.id, outcome: countAs ?? outcome });
     return { status: outcome === 'queued' || outcome === 'poll' ? 202 : 200, outcome };
   }
+}
+
+/** The request number a body names, when it is one a task could have. */
+function readableRequestNo(partner: PartnerConfig, body: unknown): string | undefined {
+  if (body === undefined) return undefined;
+  const raw = readPointer(body, partner.mapping.requestNo);
+  const value = typeof raw === 'string' || typeof raw === 'number' ? String(raw) : undefined;
+  return value !== undefined && isValidRequestNo(value) ? value : undefined;
 }
 
 /**

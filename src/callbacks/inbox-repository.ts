@@ -203,4 +203,30 @@ export class InboxRepository {
       .execute();
   }
 
+  /** A redelivery of a stored callback: counted on the stored row, nothing else changes. */
+  async countDuplicate(partner: string, webhookId: string, at: Date): Promise<void> {
+    await this.db
+      .updateTable('callback_inbox')
+      .set((eb) => ({ duplicates: eb('duplicates', '+', 1), last_duplicate_at: at }))
+      .where('partner', '=', partner)
+      .where('webhook_id', '=', webhookId)
+      .execute();
+  }
+
+  /**
+   * Notes a callback that was not verified (refused, or a mere hint from a `verify: "poll"` partner) on
+   * its task, for the task story. Only for a task that exists, and at most
+   * {@link MAX_REFUSED_PER_TASK} per task: unauthenticated senders cannot grow the table without bound.
+   */
+  async recordRefused(partner: string, requestNo: string, webhookId: string | null, verification: string, at: Date): Promise<void> {
+    await sql`
+      insert into refused_callbacks (task_id, webhook_id, verification, received_at)
+      select t.id, ${webhookId === null ? null : webhookId.slice(0, 200)}, ${verification}, ${at}
+      from tasks t
+      where t.partner = ${partner} and t.request_no = ${requestNo}
+        and (select count(*) from refused_callbacks r where r.task_id = t.id) < ${MAX_REFUSED_PER_TASK}`.execute(this.db);
+  }
 }
+
+/** Unverified callbacks kept per task for its story; later ones are not recorded. */
+export const MAX_REFUSED_PER_TASK = 20;

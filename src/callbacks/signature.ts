@@ -1,5 +1,8 @@
 import { Webhook } from 'standardwebhooks';
 
+/** A callback's verification result as the task story shows it. */
+export type Verification = 'verified' | 'missing_headers' | 'bad_signature' | 'stale_timestamp';
+
 /**
  * Standard Webhooks verification with the reference `standardwebhooks` package: HMAC-SHA256 over
  * `id.timestamp.body`, 5-minute tolerance both ways, several `v1,` signatures per header, constant-time
@@ -14,22 +17,30 @@ export class SignatureVerifier {
 
   /** True when any configured secret verifies the raw body against the headers. */
   verify(rawBody: Buffer, headers: Record<string, string | string[] | undefined>): boolean {
+    return this.check(rawBody, headers) === 'verified';
+  }
+
+  /** The verification result, for the task story: why a callback was refused. */
+  check(rawBody: Buffer, headers: Record<string, string | string[] | undefined>): Verification {
     const wanted = {
       'webhook-id': single(headers['webhook-id']),
       'webhook-timestamp': single(headers['webhook-timestamp']),
       'webhook-signature': single(headers['webhook-signature']),
     };
-    if (!wanted['webhook-id'] || !wanted['webhook-timestamp'] || !wanted['webhook-signature']) return false;
+    if (!wanted['webhook-id'] || !wanted['webhook-timestamp'] || !wanted['webhook-signature']) return 'missing_headers';
     const payload = rawBody.toString('utf8');
+    let result: Verification = 'bad_signature';
     for (const webhook of this.webhooks) {
       try {
         webhook.verify(payload, wanted as Record<string, string>, { jsonParse: false });
-        return true;
-      } catch {
+        return 'verified';
+      } catch (err) {
+        // The timestamp is checked before the signature, and the same for every secret.
+        if (/timestamp/i.test((err as Error).message)) result = 'stale_timestamp';
         // try the next secret
       }
     }
-    return false;
+    return result;
   }
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -114,7 +115,7 @@ export interface Config {
   readonly usesBundledPartners: boolean;
   readonly partners: readonly PartnerConfig[];
   /** Empty means no authentication, which is allowed only on a loopback host. */
-  readonly apiKeys: readonly string[];
+  readonly apiKeys: readonly ApiKey[];
   readonly reconcileCron: string;
   readonly callbackLookupTimeoutMs: number;
   readonly maxBodyBytes: number;
@@ -153,6 +154,26 @@ export interface Config {
   readonly batch: { readonly maxSize: number; readonly windowMs: number; readonly maxWaitMs: number; readonly maxQueued: number };
 }
 
+/** A client API key and the label its actions are recorded under (the `by` of a manual event). */
+export interface ApiKey {
+  readonly label: string;
+  readonly key: string;
+}
+
+const LABELLED_KEY = /^([A-Za-z0-9._-]{1,64}):(.+)$/;
+const MIN_KEY_LENGTH = 16;
+
+/**
+ * One `API_KEYS` entry: `label:key` (e.g. `oncall:…`), or a plain key, labelled by a short fingerprint
+ * of itself (`key-1a2b3c4d`) so its actions can still be told apart without showing the key. A plain key
+ * that itself contains `:` after a label-like prefix must be given a label in front.
+ */
+export function parseApiKey(entry: string): ApiKey {
+  const m = LABELLED_KEY.exec(entry);
+  if (m && m[2]!.length >= MIN_KEY_LENGTH) return Object.freeze({ label: m[1]!, key: m[2]! });
+  return Object.freeze({ label: `key-${createHash('sha256').update(entry).digest('hex').slice(0, 8)}`, key: entry });
+}
+
 /** Raised when the environment is invalid; the message names every bad variable. */
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -178,12 +199,12 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     throw new ConfigError(`invalid environment:\n  ${lines.join('\n  ')}`);
   }
   const e = parsed.data;
-  const apiKeys = (e.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  const apiKeys = (e.API_KEYS ?? '').split(',').map((k) => k.trim()).filter(Boolean).map(parseApiKey);
   if (apiKeys.length === 0 && !isLoopbackHost(e.HOST)) {
     throw new ConfigError(`API_KEYS: required when HOST (${e.HOST}) is not a loopback address`);
   }
-  if (apiKeys.some((k) => k.length < 16)) {
-    throw new ConfigError('API_KEYS: every key must be at least 16 characters');
+  if (apiKeys.some((k) => k.key.length < MIN_KEY_LENGTH)) {
+    throw new ConfigError(`API_KEYS: every key must be at least ${MIN_KEY_LENGTH} characters (a label goes in front: label:key)`);
   }
   const partnersFile = e.PARTNERS_FILE ?? bundledPartnersFile();
   const usesBundledPartners = e.PARTNERS_FILE === undefined;

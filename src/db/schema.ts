@@ -63,6 +63,32 @@ export interface CallbackInboxTable {
   outcome: InboxOutcome;
   task_id: string | null;
   matched_at: NullableTimestamp;
+  /** Redeliveries of this `webhook-id` received after it was stored (they change nothing). */
+  duplicates: Generated<number>;
+  last_duplicate_at: NullableTimestamp;
+}
+
+/** One dispatch attempt or status query sent to a partner (see migration 0008). */
+export interface PartnerCallsTable {
+  id: Generated<number>;
+  task_id: string;
+  started_at: Timestamp;
+  operation: 'dispatch' | 'status';
+  outcome: string;
+  reported_status: string | null;
+  http_status: number | null;
+  error_class: string | null;
+  error_message: string | null;
+  duration_ms: number;
+}
+
+/** A callback for an existing task that failed verification; its body is never stored. */
+export interface RefusedCallbacksTable {
+  id: Generated<number>;
+  task_id: string;
+  webhook_id: string | null;
+  verification: string;
+  received_at: Timestamp;
 }
 
 export interface CronRunsTable {
@@ -104,6 +130,8 @@ export interface Database {
   tasks: TasksTable;
   task_events: TaskEventsTable;
   callback_inbox: CallbackInboxTable;
+  partner_calls: PartnerCallsTable;
+  refused_callbacks: RefusedCallbacksTable;
 }
 
 export type TaskRow = Selectable<TasksTable>;

@@ -7,6 +7,7 @@ import type { PartnerRegistry } from '../partners/partner-registry';
 import type { PartnerConfig } from '../config/partners';
 import type { TaskRepository, TransitionResult, TransitionSpec } from '../tasks/task-repository';
 import type { TaskTransitions } from '../tasks/task-transitions';
+import type { PartnerCallLog } from '../story/partner-call-log';
 import {
   AMBIGUOUS_RECHECK_MS,
   capAtExpiry,
@@ -28,6 +29,8 @@ export interface DispatcherDeps {
   publicBaseUrl: string;
   /** Dispatches in flight at once in this process. */
   concurrency: number;
+  /** Where each attempt is recorded for the task's story. */
+  callLog?: PartnerCallLog;
 }
 
 interface Job {
@@ -90,6 +93,7 @@ export class Dispatcher {
       this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task refers to a partner that is no longer configured');
       return undefined;
     }
+    const startedAt = this.deps.clock.now();
     const result = await client.dispatch({
       requestNo: task.request_no,
       kind: task.kind,
@@ -101,6 +105,17 @@ export class Dispatcher {
       await this.deps.repo.defer(task.id, fence, new Date(this.deps.clock.now().getTime() + result.deferral!.retryInMs));
       return result;
     }
+    this.deps.callLog?.record({
+      taskId: task.id,
+      startedAt,
+      operation: 'dispatch',
+      outcome: result.kind,
+      reportedStatus: result.report?.status,
+      httpStatus: result.httpStatus,
+      errorClass: result.error?.class,
+      errorMessage: result.error?.message,
+      durationMs: result.durationMs,
+    });
     const { metrics } = this.deps;
     metrics.dispatchDuration.observe({ partner: task.partner, outcome: result.kind }, result.durationMs / 1000);
     if (result.error) metrics.partnerErrors.inc({ partner: task.partner, operation: 'dispatch', class: result.error.class });

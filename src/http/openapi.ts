@@ -9,6 +9,7 @@ import {
   taskListSchema,
   taskSchema,
 } from '../tasks/task-schemas';
+import { overviewSchema, partnerCallListSchema, partnerCallSchema, receivedCallbackListSchema, receivedCallbackSchema, sessionSchema } from '../story/story-schemas';
 
 /**
  * The OpenAPI 3.1 document of the service, served at `/openapi.json`.
@@ -40,6 +41,12 @@ export const COMPONENT_SCHEMAS: readonly z.ZodType[] = [
   notificationSchema,
   notificationListSchema,
   notificationEventSchema,
+  partnerCallSchema,
+  partnerCallListSchema,
+  receivedCallbackSchema,
+  receivedCallbackListSchema,
+  overviewSchema,
+  sessionSchema,
 ];
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
@@ -125,6 +132,10 @@ function apiWebhooks(): Record<string, Partial<Record<HttpMethod, OpenApiObject>
     },
   };
 }
+const storyPageParams = [
+  { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
+  { name: 'cursor', in: 'query', description: 'The `nextCursor` of the previous page (opaque).', schema: { type: 'string' } },
+];
 
 /** The routes of the service (tasks, partners, callbacks, ops). */
 export function apiPaths(): OpenApiPaths {
@@ -165,6 +176,12 @@ export function apiPaths(): OpenApiPaths {
         parameters: [
           { name: 'status', in: 'query', schema: { type: 'string', enum: ['pending', 'dispatched', 'succeeded', 'failed', 'rejected', 'expired'] } },
           { name: 'partner', in: 'query', schema: { type: 'string' } },
+          {
+            name: 'requestNo',
+            in: 'query',
+            description: 'Only tasks with this request number, across the configured partners (one per partner at most).',
+            schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,128}$' },
+          },
           { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 } },
           { name: 'cursor', in: 'query', description: 'The `nextCursor` of the previous page (opaque).', schema: { type: 'string' } },
         ],
@@ -197,10 +214,53 @@ export function apiPaths(): OpenApiPaths {
         responses: { '200': jsonOf('Events', 'TaskEventList'), '404': noTask, '422': invalidQuery },
       }),
     },
+    '/v1/tasks/{id}/attempts': {
+      get: operation({
+        operationId: 'listTaskAttempts',
+        summary: "Dispatch attempts and status queries sent to the task's partner, oldest first",
+        tags: ['tasks'],
+        auth: 'apiKey',
+        database: true,
+        parameters: [idParam, ...storyPageParams],
+        responses: { '200': jsonOf('Partner calls', 'PartnerCallList'), '404': noTask, '422': invalidQuery },
+      }),
+    },
+    '/v1/tasks/{id}/callbacks': {
+      get: operation({
+        operationId: 'listTaskCallbacks',
+        summary: "Callbacks received for the task's request number (early, duplicate, unreadable and refused ones included), oldest first",
+        tags: ['tasks'],
+        auth: 'apiKey',
+        database: true,
+        parameters: [idParam, ...storyPageParams],
+        responses: { '200': jsonOf('Callbacks', 'ReceivedCallbackList'), '404': noTask, '422': invalidQuery },
+      }),
+    },
+    '/v1/overview': {
+      get: operation({
+        operationId: 'getOverview',
+        summary: 'Per partner: open tasks by status, oldest open task age, expired tasks, recent conflicts, breaker state',
+        tags: ['console'],
+        auth: 'apiKey',
+        database: true,
+        responses: { '200': jsonOf('The overview (cached for up to 2 s)', 'Overview') },
+      }),
+    },
+    '/v1/me': {
+      get: operation({
+        operationId: 'getSession',
+        summary: 'The label of the API key used',
+        tags: ['console'],
+        auth: 'apiKey',
+        // No database needed, but like every /v1 route it answers 503 while the service starts up.
+        database: true,
+        responses: { '200': jsonOf('The session', 'Session') },
+      }),
+    },
     '/v1/tasks/{id}/reconcile': {
       post: operation({
         operationId: 'reconcileTask',
-        summary: 'Check with the partner now',
+        summary: 'Check with the partner now (written to the task events with source manual and the key label)',
         tags: ['tasks'],
         auth: 'apiKey',
         database: true,
@@ -358,6 +418,7 @@ export function buildOpenApiDocument(opts: OpenApiOptions = {}): OpenApiObject {
       { name: 'partners', description: 'Configured partners' },
       { name: 'callbacks', description: 'Partner-facing: outcomes reported by partners' },
       { name: 'notifications', description: "Outcome notifications sent to a task's notifyUrl (and the webhook they are)" },
+      { name: 'console', description: 'Reads behind the operator console (served at /console/, outside this API)' },
       { name: 'ops', description: 'Health, readiness, metrics, this document (no key)' },
     ],
     components: {

@@ -12,7 +12,7 @@ import {
   type PartnerCallError,
 } from './errors';
 import { mapPartnerBody, type PartnerReport } from './mapping';
-import type { Deferral, PartnerGuard } from './partner-guard';
+import type { BreakerState, Deferral, PartnerGuard } from './partner-guard';
 
 /** The largest partner answer we read; anything bigger is a misbehaving partner. */
 const MAX_PARTNER_RESPONSE_BYTES = 1024 * 1024;
@@ -68,6 +68,11 @@ export class PartnerClient {
       httpsAgent: new https.Agent({ keepAlive: true, maxSockets }),
       transitional: { clarifyTimeoutError: true },
     });
+  }
+
+  /** This replica's circuit breaker for the partner (`closed` when calls are not guarded). */
+  get breakerState(): BreakerState {
+    return this.guard?.breakerState ?? 'closed';
   }
 
   /** Sends a dispatch, unless the partner is protected right now (then `kind: 'deferred'`, nothing sent). */

@@ -12,6 +12,8 @@ export const BREAKER_HALF_OPEN_AFTER_MS = 5000;
 /** The rate limit is enforced over windows this long, so a window edge lets at most ~10% extra through. */
 const RATE_WINDOW_FRACTION = 10;
 
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
 /** Why a call was not made: the partner is protected for now. Not a failure of the task. */
 export interface Deferral {
   reason: 'breaker_open' | 'rate_limited' | 'rate_limiter_unavailable';
@@ -65,6 +67,18 @@ export class PartnerGuard {
         points,
         duration: durationMs / 1000,
       });
+    }
+  }
+
+  /** This replica's breaker for the partner, as the overview shows it. */
+  get breakerState(): BreakerState {
+    switch (this.breaker.state) {
+      case CircuitState.Closed:
+        return 'closed';
+      case CircuitState.HalfOpen:
+        return 'half-open';
+      default:
+        return 'open';
     }
   }
 

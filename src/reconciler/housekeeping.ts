@@ -116,8 +116,9 @@ export class Housekeeping {
   /**
    * Deletes, in batches: events of final tasks older than the retention, notifications that are done
    * with (delivered, failed or gone) and older than the retention, inbox rows older than the retention
-   * (a callback that never matched by then never will), old election rows and spent rate windows. A
-   * pending notification is never deleted. Returns how many rows went.
+   * (a callback that never matched by then never will), recorded partner calls and unverified callbacks
+   * older than the retention, old election rows and spent rate windows. A pending notification is never
+   * deleted. Returns how many rows went.
    */
   async applyRetention(): Promise<number> {
     const now = this.deps.clock.now();
@@ -151,6 +152,19 @@ export class Housekeeping {
       count(
         await sql`delete from callback_inbox where id in (
           select id from callback_inbox where received_at < ${cutoff} limit ${RETENTION_BATCH})`.execute(this.deps.db),
+      ),
+    );
+    // The task story's records of partner calls and unverified callbacks age out like the inbox.
+    await inBatches(async () =>
+      count(
+        await sql`delete from partner_calls where id in (
+          select id from partner_calls where started_at < ${cutoff} limit ${RETENTION_BATCH})`.execute(this.deps.db),
+      ),
+    );
+    await inBatches(async () =>
+      count(
+        await sql`delete from refused_callbacks where id in (
+          select id from refused_callbacks where received_at < ${cutoff} limit ${RETENTION_BATCH})`.execute(this.deps.db),
       ),
     );
     await sql`delete from cron_runs where started_at < ${new Date(now.getTime() - CRON_RUNS_KEEP_MS)}`.execute(this.deps.db);

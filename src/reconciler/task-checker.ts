@@ -9,6 +9,7 @@ import { transitionForReport } from '../tasks/report-transition';
 import { capAtExpiry, checkDelayMs, RETRY_AFTER_CAP_MS } from '../tasks/schedule';
 import type { TaskRepository } from '../tasks/task-repository';
 import type { TaskTransitions } from '../tasks/task-transitions';
+import type { PartnerCallLog } from '../story/partner-call-log';
 
 /** How the check of one task ended; the `outcome` label of reconciler_checks_total. */
 export type CheckOutcome =
@@ -36,6 +37,8 @@ export interface TaskCheckerDeps {
   metrics: Metrics;
   clock: Clock;
   logger: Logger;
+  /** Where each status query is recorded for the task's story. */
+  callLog?: PartnerCallLog;
 }
 
 /**
@@ -72,6 +75,19 @@ export class TaskChecker {
     }
 
     const answer = await client.status(task.request_no);
+    if (answer.kind !== 'deferred') {
+      this.deps.callLog?.record({
+        taskId: task.id,
+        startedAt: now,
+        operation: 'status',
+        outcome: answer.kind,
+        reportedStatus: answer.kind === 'found' ? answer.report.status : undefined,
+        httpStatus: answer.kind === 'error' ? answer.error.httpStatus : answer.kind === 'not_found' ? 404 : undefined,
+        errorClass: answer.kind === 'error' ? answer.error.class : undefined,
+        errorMessage: answer.kind === 'error' ? answer.error.message : undefined,
+        durationMs: answer.durationMs,
+      });
+    }
     switch (answer.kind) {
       case 'deferred':
         await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + answer.deferral.retryInMs));

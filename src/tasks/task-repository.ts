@@ -92,6 +92,8 @@ const SETTLED_STATUSES: readonly TaskStatus[] = [...FINAL_STATUSES, 'expired'];
 export interface ListFilter {
   status?: TaskStatus;
   partner?: string;
+  /** With `requestNo` and no `partner`: the partners to look in, so the `(partner, request_no)` index serves it. */
+  requestNo?: { value: string; partners: readonly string[] };
   limit: number;
   after?: { createdAt: Date; id: string };
   /** A page ends once its rows' JSON passes this many bytes (at least one row is always returned). */
@@ -100,6 +102,7 @@ export interface ListFilter {
 
 /** A value as jsonb; undefined and null become SQL NULL (not a JSON null, which `coalesce` would keep). */
 const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined || v === null ? null : JSON.stringify(v)}::jsonb`;
+const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
 
 /**
  * The group-commit create: insert what is new (the unique constraint decides, never a prior check), write
@@ -468,6 +471,10 @@ export class TaskRepository {
       );
     if (filter.status) page = page.where('status', '=', filter.status);
     if (filter.partner) page = page.where('partner', '=', filter.partner);
+    if (filter.requestNo) {
+      page = page.where('request_no', '=', filter.requestNo.value);
+      if (!filter.partner) page = page.where(sql<boolean>`partner = any(${textArray(filter.requestNo.partners)})`);
+    }
     if (filter.after) {
       const { createdAt, id } = filter.after;
       page = page.where(sql<boolean>`(created_at, id) < (${createdAt}, ${id}::uuid)`);
@@ -544,6 +551,18 @@ export class TaskRepository {
     const { rows } = await runRaw<TransitionRow>(this.db, this.pool, 'cr_transition_many', TRANSITION_MANY_SQL, a);
     const byOrd = new Map(rows.map((r) => [Number(r.batch_ord), r]));
     return specs.map((spec, k) => transitionResult(byOrd.get(k + 1)!, spec.inboxId ?? null));
+  }
+
+  /**
+   * Writes an operator's action into the task's events (source `manual`), with the task's current status
+   * as both from and to: it records who asked for what, not a change. False when there is no such task.
+   */
+  async recordManualEvent(taskId: string, now: Date, detail: Record<string, unknown>): Promise<boolean> {
+    const { rows } = await sql<{ task_id: string }>`
+      insert into task_events (task_id, at, from_status, to_status, source, detail)
+      select id, ${now}, status, status, 'manual', ${json(detail)} from tasks where id = ${taskId}::uuid
+      returning task_id`.execute(this.db);
+    return rows.length > 0;
   }
 
   /** Makes an open task due now, for an on-demand check; returns the row, or undefined if absent. */

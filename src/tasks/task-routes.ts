@@ -1,4 +1,5 @@
 import express, { Router } from 'express';
+import { keyLabel } from '../http/auth';
 import { parseOr422, requireJsonBody } from '../http/validate';
 import { getTaskQuerySchema, listEventsQuerySchema, listTasksQuerySchema, parseCreateTaskBody } from './task-schemas';
 import { toApiEvent, toApiTask, type TaskService } from './task-service';
@@ -77,7 +78,7 @@ export function taskRoutes(service: TaskService, partners: PartnerRegistry, maxB
   });
 
   router.post('/v1/tasks/:id/reconcile', async (req, res) => {
-    res.status(202).json(toApiTask(await service.requestReconcile(req.params.id)));
+    res.status(202).json(toApiTask(await service.requestReconcile(req.params.id, keyLabel(res))));
   });
 
   router.get('/v1/partners/:partner/tasks/:requestNo', async (req, res) => {

@@ -115,6 +115,7 @@ export const listTasksQuerySchema = z
   .object({
     status: z.enum(TASK_STATUSES).optional(),
     partner: storableText(64).optional(),
+    requestNo: requestNoSchema.optional().meta({ description: 'Only tasks with this request number (one per partner at most).' }),
     limit: z.coerce.number().int().min(1).max(500).default(50),
     cursor: storableText(200).optional(),
   })

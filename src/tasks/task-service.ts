@@ -151,13 +151,19 @@ export class TaskService {
     return task;
   }
 
-  async list(q: { status?: TaskStatus; partner?: string; limit: number; cursor?: string }): Promise<{ rows: TaskRow[]; nextCursor: string | null }> {
+  /**
+   * Newest first. A `requestNo` search across partners looks in the configured partners (each probe uses
+   * the unique `(partner, request_no)` index); a task of a partner removed from the configuration is found
+   * with the `partner` filter or by its id.
+   */
+  async list(q: { status?: TaskStatus; partner?: string; requestNo?: string; limit: number; cursor?: string }): Promise<{ rows: TaskRow[]; nextCursor: string | null }> {
     const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
     const { rows, hasMore } = await this.deps.repo.list({
       limit: q.limit,
       maxBytes: MAX_PAGE_BYTES,
       ...(q.status ? { status: q.status } : {}),
       ...(q.partner ? { partner: q.partner } : {}),
+      ...(q.requestNo ? { requestNo: { value: q.requestNo, partners: this.deps.partners.list().map((p) => p.config.id) } } : {}),
       ...(after ? { after } : {}),
     });
     const last = rows.at(-1);
@@ -173,12 +179,22 @@ export class TaskService {
     return { rows, nextCursor: hasMore && last ? Buffer.from(JSON.stringify(['e', Number(last.id)])).toString('base64url') : null };
   }
 
-  /** Makes the task due for the reconciler now (an on-demand check with the partner). */
-  async requestReconcile(id: string): Promise<TaskRow> {
+  /**
+   * Makes the task due for the reconciler now (an on-demand check with the partner). With `by` (the label
+   * of the operator's key), the request is also written into the task's events with source `manual`.
+   */
+  async requestReconcile(id: string, by?: string): Promise<TaskRow> {
     const task = isUuid(id) ? await this.deps.repo.makeDue(id, this.deps.clock.now()) : undefined;
     if (!task) throw new HttpProblem(404, `no task ${id}`);
+    if (by !== undefined) await this.recordManual(id, 'reconcile', by);
     this.deps.nudgeReconciler();
     return task;
+  }
+
+  /** Writes an operator's action (`reconcile`, `redeliver`, …) into the task's events, source `manual`. */
+  async recordManual(id: string, action: string, by: string, extra: Record<string, unknown> = {}): Promise<void> {
+    const written = isUuid(id) && (await this.deps.repo.recordManualEvent(id, this.deps.clock.now(), { type: 'manual', action, by, ...extra }));
+    if (!written) throw new HttpProblem(404, `no task ${id}`);
   }
 }
 

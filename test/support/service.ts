@@ -43,6 +43,8 @@ export interface TestServiceOptions {
    * on send only to 127.0.0.1.
    */
   notifications?: boolean;
+  /** The service's logger (default: silent, or TEST_LOG_LEVEL); a test reads what it logs through its own. */
+  logger?: pino.Logger;
 }
 
 /** Writes a partners file for tests and returns its path. */
@@ -82,7 +84,7 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     SHUTDOWN_READINESS_DELAY_MS: '0',
     ...opts.env,
   });
-  const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const logger = opts.logger ?? pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
   const runtime = await startRuntime({
     config,
     logger,
