@@ -33,8 +33,8 @@ export interface TaskServiceDeps {
   instanceId: string;
   /** Applies callbacks that arrived before their task; returns the task if one of them moved it. */
   applyQueuedCallbacks: (task: TaskRow) => Promise<TaskRow | undefined>;
-  /** Tells the reconciler a task became due now, so it checks at once rather than at its next tick. */
-  nudgeReconciler: () => void;
+  /** Tells the reconciler a task becomes due at `at`, so it checks then rather than at its next tick. */
+  nudgeReconciler: (at: Date) => void;
 }
 
 export type CreateResult = { created: true; task: TaskRow } | { created: false; task: TaskRow };
@@ -69,6 +69,7 @@ export class TaskService {
       createdAt: now,
       expiresAt: new Date(now.getTime() + partner.config.reconcile.maxAgeSeconds * 1000),
       leaseOwner,
+      leaseMs: partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS,
       nextCheckAt: new Date(now.getTime() + partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
     });
     if (!result.inserted) {
@@ -136,12 +137,16 @@ export class TaskService {
     return this.deps.repo.listEvents(id);
   }
 
-  /** Makes the task due for the reconciler now (an on-demand check with the partner). */
+  /**
+   * An on-demand check with the partner: due now (coalesced to one per task per second), or, while a
+   * lease holds the task (a dispatch or a check in flight), as soon as that holder gives it up. It never
+   * breaks a lease: that is what sent tasks to partners twice (issue 7).
+   */
   async requestReconcile(id: string): Promise<TaskRow> {
-    const task = isUuid(id) ? await this.deps.repo.makeDue(id, this.deps.clock.now()) : undefined;
-    if (!task) throw new HttpProblem(404, `no task ${id}`);
-    this.deps.nudgeReconciler();
-    return task;
+    const r = isUuid(id) ? await this.deps.repo.requestCheck(id, this.deps.clock.now()) : undefined;
+    if (!r) throw new HttpProblem(404, `no task ${id}`);
+    if (r.dueAt) this.deps.nudgeReconciler(r.dueAt);
+    return r.task;
   }
 }
 
