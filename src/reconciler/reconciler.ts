@@ -165,7 +165,7 @@ export class Reconciler {
       while (!this.stopping) {
         const owner = `${this.deps.instanceId}:sweep:${randomUUID()}`;
         const claimedAt = performance.now();
-        const batch = await this.deps.repo.claimDue(cutoff, this.opts.batchSize, owner, this.leaseMs, this.opts.partnerIds);
+        const batch = await this.deps.repo.claimDue(cutoff, this.opts.batchSize, owner, this.leaseMs, this.opts.partnerIds, this.deps.clock.now());
         claimed += batch.length;
         const routine: Array<{ id: string; nextCheckAt: Date }> = [];
         const handBack: string[] = [];

@@ -29,6 +29,11 @@ export type CheckOutcome =
 
 /** A partner call is only made while the lease outlasts its timeout by at least this much (database clock). */
 const LEASE_SAFETY_MARGIN_MS = 1000;
+/**
+ * This process never asks a partner about one task twice within this long, measured at the calls
+ * themselves (the claims coalesce on-demand checks across replicas; this takes the jitter out here).
+ */
+export const MIN_STATUS_QUERY_GAP_MS = 1000;
 
 export interface TaskCheckerDeps {
   partners: PartnerRegistry;
@@ -54,6 +59,9 @@ export interface TaskCheckerDeps {
  * - a partner no longer configured → left until its expiry, then expired without asking.
  */
 export class TaskChecker {
+  /** When this process last asked about a task (the app's clock), oldest first; pruned as it grows. */
+  private readonly lastQueried = new Map<string, number>();
+
   constructor(private readonly deps: TaskCheckerDeps) {}
 
   /**
@@ -73,7 +81,13 @@ export class TaskChecker {
     const partner = client.config;
     if (!expired && task.status === 'pending' && task.last_dispatch_outcome === 'transient') return this.redispatch(task, fence);
 
+    const sinceLast = now.getTime() - (this.lastQueried.get(task.id) ?? Number.NEGATIVE_INFINITY);
+    if (sinceLast < MIN_STATUS_QUERY_GAP_MS) {
+      await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + MIN_STATUS_QUERY_GAP_MS - sinceLast));
+      return 'deferred';
+    }
     if (!(await this.deps.repo.confirmLease(task.id, fence, partner.status.timeoutMs + LEASE_SAFETY_MARGIN_MS))) return 'fenced_out';
+    this.noteQuery(task.id);
     const answer = await client.status(task.request_no);
     if (answer.kind === 'deferred') {
       // Nothing was asked (breaker open, rate limit spent): put it back, expiry included, burning nothing.
@@ -102,6 +116,17 @@ export class TaskChecker {
         }
         return this.settle(partner, task, fence, now, report);
       }
+    }
+  }
+
+  private noteQuery(id: string): void {
+    const at = this.deps.clock.now().getTime();
+    this.lastQueried.delete(id);
+    this.lastQueried.set(id, at);
+    if (this.lastQueried.size < 1000) return;
+    for (const [key, when] of this.lastQueried) {
+      if (at - when < MIN_STATUS_QUERY_GAP_MS) break;
+      this.lastQueried.delete(key);
     }
   }
 

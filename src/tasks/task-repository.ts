@@ -94,10 +94,11 @@ const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined || v ===
 const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
 
 /**
- * On-demand checks (POST .../reconcile, poll hints) of one task are at most this often: a flood of hints
- * costs the partner at most one status query per task per this interval.
+ * On-demand checks (POST .../reconcile, poll hints) of one task are at most this often, counted from the
+ * claim of the last check: a flood of hints costs the partner at most one status query per task per
+ * second. The quarter second over a second absorbs the time from a claim to its call leaving.
  */
-export const ON_DEMAND_MIN_GAP_MS = 1000;
+export const ON_DEMAND_MIN_GAP_MS = 1250;
 const onDemandGap = sql`${ON_DEMAND_MIN_GAP_MS} * interval '1 millisecond'`;
 
 /** A lease is live while its expiry is ahead of the DATABASE's clock: replicas' clocks never decide it. */
@@ -298,15 +299,12 @@ export class TaskRepository {
       const { lease_free: free, ...task } = row;
       return free ? { task, dueAt: new Date(task.next_check_at!) } : { task };
     }
-    const task = await this.findById(id);
-    if (!task) return undefined;
-    const held = await this.db
-      .selectFrom('tasks as t')
-      .select(sql<boolean>`not ${LEASE_FREE}`.as('held'))
-      .where('t.id', '=', id)
-      .executeTakeFirst();
+    const { rows: current } = await runPrepared(this.db, this.pool, sql<TaskRow & { lease_free: boolean }>`
+      select t.*, ${LEASE_FREE} as lease_free from tasks t where t.id = ${id}::uuid`);
+    if (!current[0]) return undefined;
+    const { lease_free: free, ...task } = current[0];
     const open = task.status === 'pending' || task.status === 'dispatched';
-    return open && !held?.held && task.next_check_at ? { task, dueAt: new Date(task.next_check_at) } : { task };
+    return open && free && task.next_check_at ? { task, dueAt: new Date(task.next_check_at) } : { task };
   }
 
   /**
@@ -345,8 +343,10 @@ export class TaskRepository {
    * check) can never hand a held task to a second holder. SKIP LOCKED lets replicas claim side by side;
    * a holder that dies is taken over once its lease lapses, and the new `lease_owner` fences it out.
    * Tasks of partners not in `knownPartners` are left alone until their expiry (then expired).
+   * `claimedAt` (the app's clock when claiming; a sweep's `now` is when it began) anchors the coalescing
+   * of on-demand checks.
    */
-  async claimDue(now: Date, limit: number, owner: string, leaseMs: number, knownPartners: readonly string[]): Promise<TaskRow[]> {
+  async claimDue(now: Date, limit: number, owner: string, leaseMs: number, knownPartners: readonly string[], claimedAt: Date = now): Promise<TaskRow[]> {
     const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow>`
       with due as (
         select id from tasks t
@@ -358,7 +358,7 @@ export class TaskRepository {
       )
       update tasks t
       set lease_owner = ${owner}, lease_expires_at = now() + ${leaseMs} * interval '1 millisecond',
-          last_check_at = ${now}, check_requested_at = null
+          last_check_at = ${claimedAt}, check_requested_at = null
       from due
       where t.id = due.id
       returning t.*`);
