@@ -82,7 +82,7 @@ export class TaskChecker {
     if (!expired && task.status === 'pending' && task.last_dispatch_outcome === 'transient') return this.redispatch(task, fence);
 
     const sinceLast = now.getTime() - (this.lastQueried.get(task.id) ?? Number.NEGATIVE_INFINITY);
-    if (sinceLast < MIN_STATUS_QUERY_GAP_MS) {
+    if (sinceLast >= 0 && sinceLast < MIN_STATUS_QUERY_GAP_MS) {
       await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + MIN_STATUS_QUERY_GAP_MS - sinceLast));
       return 'deferred';
     }
