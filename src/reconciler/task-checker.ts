@@ -30,8 +30,8 @@ export type CheckOutcome =
 /** A partner call is only made while the lease outlasts its timeout by at least this much (database clock). */
 const LEASE_SAFETY_MARGIN_MS = 1000;
 /**
- * This process never asks a partner about one task twice within this long, measured at the calls
- * themselves (the claims coalesce on-demand checks across replicas; this takes the jitter out here).
+ * This process never starts a status query of a task sooner than this after the previous one ended (the
+ * claims coalesce on-demand checks across replicas; this takes the claim-to-call jitter out here).
  */
 export const MIN_STATUS_QUERY_GAP_MS = 1000;
 
@@ -59,7 +59,7 @@ export interface TaskCheckerDeps {
  * - a partner no longer configured → left until its expiry, then expired without asking.
  */
 export class TaskChecker {
-  /** When this process last asked about a task (the app's clock), oldest first; pruned as it grows. */
+  /** When this process last had an answer about a task (the app's clock), oldest first; pruned as it grows. */
   private readonly lastQueried = new Map<string, number>();
 
   constructor(private readonly deps: TaskCheckerDeps) {}
@@ -87,8 +87,10 @@ export class TaskChecker {
       return 'deferred';
     }
     if (!(await this.deps.repo.confirmLease(task.id, fence, partner.status.timeoutMs + LEASE_SAFETY_MARGIN_MS))) return 'fenced_out';
-    this.noteQuery(task.id);
     const answer = await client.status(task.request_no);
+    // Noted when the answer is in (a deferred call never left): the next query of this task then starts
+    // a whole gap after this one ended, so the partner never sees two within the gap, whatever the jitter.
+    if (answer.kind !== 'deferred') this.noteQuery(task.id);
     if (answer.kind === 'deferred') {
       // Nothing was asked (breaker open, rate limit spent): put it back, expiry included, burning nothing.
       await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + answer.deferral.retryInMs));

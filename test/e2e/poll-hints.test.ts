@@ -41,7 +41,8 @@ test('300 hints in about 5 s: at most one status query per task per second, and 
     const ahead = started + ((i + 1) * 5000) / 300 - Date.now();
     if (ahead > 0) await sleep(ahead);
   }
-  expect(new Set(await Promise.all(answers))).toEqual(new Set([202]));
+  const codes = await Promise.all(answers);
+  expect(codes.filter((c) => c !== 202)).toEqual([]);
   const hintsEnded = Date.now();
   // The last hint's check comes at most ON_DEMAND_MIN_GAP_MS after the one before it.
   await eventually(async () => Date.now() > hintsEnded + ON_DEMAND_MIN_GAP_MS + 500, 'the last coalesced check to be due', 5000, 50);
