@@ -4,10 +4,14 @@
 # (compose runs the simulator with `command: ["node", "dist/src/simulator/main.js"]`).
 #
 #   docker build -t callback-reconciler .
-#   docker run --rm -p 3000:3000 -e DATABASE_URL=postgres://... -e API_KEYS=<16+ chars> callback-reconciler
+#   docker run --rm -p 3000:3000 -e DATABASE_URL=postgres://... -e API_KEYS=<16+ chars> \
+#     -e PUBLIC_BASE_URL=https://reconciler.example.com \
+#     -e PARTNERS_FILE=/config/partners.json -v "$PWD/partners.json:/config/partners.json:ro" \
+#     callback-reconciler
 #
-# HOST is 0.0.0.0 in the image, so API_KEYS is required: the service refuses to start unauthenticated on a
-# non-loopback address. Without DATABASE_URL it falls back to an embedded PostgreSQL under /app/.data
+# HOST is 0.0.0.0 in the image, so API_KEYS, PUBLIC_BASE_URL (where partners call back) and PARTNERS_FILE
+# are required: on a non-loopback address the service refuses to start unauthenticated, with the bundled
+# demo partners file (its secret is public), or without a callback URL partners can reach. Without DATABASE_URL it falls back to an embedded PostgreSQL under /app/.data
 # (mount a volume there to keep it); a real deployment sets DATABASE_URL.
 
 # ---- build: compile TypeScript with every dependency ------------------------------------------------

@@ -10,7 +10,7 @@ import { HttpProblem, problemHandler } from './http/problem';
 import { requestLogging } from './http/request-context';
 import type { Metrics } from './observability/metrics';
 import type { PartnerRegistry } from './partners/partner-registry';
-import { taskRoutes } from './tasks/task-routes';
+import { LongPollLimit, taskRoutes } from './tasks/task-routes';
 import type { TaskService } from './tasks/task-service';
 
 export interface AppDeps {
@@ -21,6 +21,8 @@ export interface AppDeps {
   tasks: TaskService;
   apiKeys: readonly string[];
   maxBodyBytes: number;
+  /** Caps the `waitSeconds` reads held open at once; beyond it they are answered at once. */
+  longPolls?: LongPollLimit;
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
@@ -35,10 +37,10 @@ export function buildApp(deps: AppDeps): Express {
   app.set('query parser', 'simple');
   app.use(requestLogging(deps.logger));
   app.use(deps.drain.middleware);
-  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining));
+  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer')));
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
-  app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes));
+  app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes, deps.longPolls ?? new LongPollLimit(Number.MAX_SAFE_INTEGER)));
   app.use((req, _res, next) => next(new HttpProblem(404, `no route for ${req.method} ${req.path}`)));
   app.use(problemHandler(deps.logger));
   return app;

@@ -1,9 +1,10 @@
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { PartnersFileError } from './config/partners';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded-postgres';
+import { EmbeddedPostgresError, startEmbeddedPostgres, type EmbeddedPostgres } from './db/embedded-postgres';
 import { createLogger, type Logger } from './observability/logger';
 import { startRuntime, type Runtime } from './runtime';
-import { startSimulator, type Simulator } from './simulator/simulator';
+import { startBundledSimulator } from './simulator/bundled';
+import type { Simulator } from './simulator/simulator';
 
 /**
  * Process entry: config → database (embedded when DATABASE_URL is unset) → migrate → HTTP server and
@@ -33,6 +34,12 @@ async function main(): Promise<void> {
     if (config.usesBundledPartners) simulator = await startBundledSimulator(config, logger);
     runtime = await startRuntime({ config, ...(embedded ? { databaseUrl: embedded.url } : {}), logger });
   } catch (err) {
+    if (err instanceof EmbeddedPostgresError) {
+      // One clear line that says what to do, not a stack from a child process.
+      process.stderr.write(`callback-reconciler: ${err.message}\n`);
+      await simulator?.close();
+      await exitAfterFlush(logger, 1);
+    }
     logger.fatal({ err }, 'start-up failed');
     await simulator?.close();
     await embedded?.stop();
@@ -72,19 +79,6 @@ async function main(): Promise<void> {
  */
 function exitAfterFlush(logger: Logger, code: number): Promise<never> {
   return new Promise(() => logger.flush(() => process.exit(code)));
-}
-
-async function startBundledSimulator(config: Config, logger: Logger): Promise<Simulator> {
-  const partner = config.partners[0]!;
-  const url = new URL(partner.baseUrl);
-  const simulator = await startSimulator({
-    host: url.hostname,
-    port: Number(url.port),
-    secrets: [...partner.callback.secrets],
-    logger: logger.child({ component: 'simulator' }),
-  });
-  logger.info({ url: simulator.url, partner: partner.id }, 'bundled partner simulator started');
-  return simulator;
 }
 
 void main();

@@ -19,6 +19,7 @@ import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
 import { TaskRepository } from './tasks/task-repository';
+import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { Housekeeping } from './reconciler/housekeeping';
@@ -69,6 +70,8 @@ export interface Runtime {
   readonly inboxSafetyNet: BackgroundLoop;
   readonly reconciler: Reconciler;
   readonly housekeeping: Housekeeping;
+  /** The `waitSeconds` reads held open now, and their cap. */
+  readonly longPolls: LongPollLimit;
   /**
    * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
    * back dispatches, release claims, close the pool. Safe to call twice.
@@ -85,16 +88,23 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-  const database = openDatabase({ url: databaseUrl, poolSize: config.dbPoolSize, connectTimeoutMs: config.dbConnectTimeoutMs });
+  // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
+  const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
   try {
-    const applied = await migrateToLatest(database.db);
+    const applied = await migrateToLatest(migration.db);
     if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-  } catch (err) {
-    await database.close();
-    throw err;
+  } finally {
+    await migration.close();
   }
+  const database = openDatabase({
+    url: databaseUrl,
+    poolSize: config.dbPoolSize,
+    connectTimeoutMs: config.dbConnectTimeoutMs,
+    statementTimeoutMs: config.dbStatementTimeoutMs,
+  });
 
   const metrics = new Metrics({ defaultMetrics: true });
+  metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
@@ -153,7 +163,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   const drain = new HttpDrain();
+  const longPolls = new LongPollLimit(config.maxLongPollWaiters);
   const app = buildApp({
+    longPolls,
     db: database.db,
     logger,
     metrics,
@@ -204,7 +216,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       logger.info('stopped');
     })());
 
-  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, stop };
+  return { config, url, app, server, database, metrics, logger, clock, instanceId, partners, repo, notifier, transitions, dispatcher, tasks, callbacks, inboxSafetyNet, reconciler, housekeeping, longPolls, stop };
 }
 
 function listen(app: Express, host: string, port: number): Promise<Server> {

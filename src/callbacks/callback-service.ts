@@ -4,7 +4,8 @@ import type { PartnerConfig } from '../config/partners';
 import type { InboxRow, TaskRow } from '../db/schema';
 import { HttpProblem } from '../http/problem';
 import type { Metrics } from '../observability/metrics';
-import { mapPartnerBody, type PartnerReport } from '../partners/mapping';
+import { mapPartnerBody, type MappingResult, type PartnerReport } from '../partners/mapping';
+import { isValidRequestNo } from '../tasks/task-schemas';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { transitionForReport } from '../tasks/report-transition';
 import type { TaskRepository, TransitionOutcome } from '../tasks/task-repository';
@@ -16,6 +17,9 @@ import { SignatureVerifier } from './signature';
 export const FIRST_RECHECK_MS = 10;
 export const RECHECK_GROWTH = 1.3;
 export const MAX_RECHECK_MS = 100;
+
+/** Longest `webhook-id` kept: it is part of a unique index, and Standard Webhooks ids are short (`msg_…`). */
+export const MAX_WEBHOOK_ID_LENGTH = 256;
 
 export type CallbackOutcome = 'applied' | 'ignored' | 'duplicate' | 'queued' | 'poll';
 
@@ -70,7 +74,11 @@ export class CallbackService {
       throw new HttpProblem(400, 'the callback body is not valid JSON');
     }
     const webhookId = String(headers['webhook-id']);
-    const mapped = mapPartnerBody(partner, body, true);
+    if (webhookId.length > MAX_WEBHOOK_ID_LENGTH) {
+      count('malformed');
+      throw new HttpProblem(400, `the webhook-id header is longer than ${MAX_WEBHOOK_ID_LENGTH} characters`);
+    }
+    const mapped = readCallback(partner, body);
     const receivedAt = this.deps.clock.now();
     const rawText = rawBody.toString('utf8');
 
@@ -180,7 +188,7 @@ export class CallbackService {
   private async receiveUntrusted(partner: PartnerConfig, rawBody: Buffer): Promise<CallbackAnswer> {
     const body = parseJson(rawBody);
     if (body === undefined) throw new HttpProblem(400, 'the callback body is not valid JSON');
-    const mapped = mapPartnerBody(partner, body, true);
+    const mapped = readCallback(partner, body);
     if (mapped.ok) {
       const task = await this.deps.tasks.findByRequestNo(partner.id, mapped.report.requestNo!);
       if (task) await this.deps.requestCheck(task.id);
@@ -192,6 +200,18 @@ export class CallbackService {
     this.deps.metrics.callbacks.inc({ partner: partner.id, outcome: countAs ?? outcome });
     return { status: outcome === 'queued' || outcome === 'poll' ? 202 : 200, outcome };
   }
+}
+
+/**
+ * The partner's report in a callback. A request number no task can have (over-long, odd characters, dots
+ * only) makes the callback unreadable: it can never match, and must not reach an index.
+ */
+function readCallback(partner: PartnerConfig, body: unknown): MappingResult {
+  const mapped = mapPartnerBody(partner, body, true);
+  if (mapped.ok && !isValidRequestNo(mapped.report.requestNo!)) {
+    return { ok: false, reason: 'the request number is not one a task can have (1-128 characters of A-Za-z0-9._:-, not dots only)' };
+  }
+  return mapped;
 }
 
 function parseJson(raw: Buffer): unknown {

@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import cron from 'node-cron';
@@ -15,6 +16,8 @@ export const DEFAULTS = Object.freeze({
   logLevel: 'info',
   dbPoolSize: 10,
   dbConnectTimeoutMs: 5000,
+  /** Longest any one statement may run; the claim and settle statements take milliseconds. */
+  dbStatementTimeoutMs: 15_000,
   /** In-flight dispatches per process; beyond it new tasks wait for the reconciler instead of piling up sockets. */
   dispatchConcurrency: 128,
   reconcileConcurrency: 32,
@@ -22,6 +25,8 @@ export const DEFAULTS = Object.freeze({
   /** A reconciler claim outlives a stuck replica by at most this long. */
   reconcileLeaseMs: 60_000,
   shutdownTimeoutMs: 10_000,
+  /** `waitSeconds` reads held open at once per process; beyond it they are answered at once. */
+  maxLongPollWaiters: 1000,
   retentionDays: 30,
 });
 
@@ -48,10 +53,12 @@ const envSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel),
   DB_POOL_SIZE: intFromEnv(1, 500).default(DEFAULTS.dbPoolSize),
   DB_CONNECT_TIMEOUT_MS: intFromEnv(100, 120_000).default(DEFAULTS.dbConnectTimeoutMs),
+  DB_STATEMENT_TIMEOUT_MS: intFromEnv(100, 3_600_000).default(DEFAULTS.dbStatementTimeoutMs),
   DISPATCH_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.dispatchConcurrency),
   RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
+  MAX_LONG_POLL_WAITERS: intFromEnv(0, 1_000_000).default(DEFAULTS.maxLongPollWaiters),
   SHUTDOWN_TIMEOUT_MS: intFromEnv(0, 600_000).default(DEFAULTS.shutdownTimeoutMs),
   RETENTION_DAYS: intFromEnv(1, 3650).default(DEFAULTS.retentionDays),
 });
@@ -76,11 +83,15 @@ export interface Config {
   readonly logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
   readonly dbPoolSize: number;
   readonly dbConnectTimeoutMs: number;
+  /** Postgres statement_timeout of the service's pool (migrations run without one). */
+  readonly dbStatementTimeoutMs: number;
   readonly dispatchConcurrency: number;
   readonly reconcileConcurrency: number;
   readonly reconcileBatchSize: number;
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
+  /** Cap on `waitSeconds` reads held open at once in this process. */
+  readonly maxLongPollWaiters: number;
   readonly retentionDays: number;
 }
 
@@ -116,8 +127,20 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   if (apiKeys.some((k) => k.length < 16)) {
     throw new ConfigError('API_KEYS: every key must be at least 16 characters');
   }
-  const usesBundledPartners = e.PARTNERS_FILE === undefined;
   const partnersFile = e.PARTNERS_FILE ?? bundledPartnersFile();
+  const usesBundledPartners = e.PARTNERS_FILE === undefined;
+  if (!isLoopbackHost(e.HOST)) {
+    // Reachable from other machines: the demo's public secret would let anyone forge callbacks, and
+    // partners would be told to call back a loopback address they cannot reach.
+    const problems: string[] = [];
+    if (usesBundledPartners || isBundledPartnersFile(partnersFile)) {
+      problems.push(`PARTNERS_FILE: required when HOST (${e.HOST}) is not a loopback address; the bundled demo partners file carries a public secret`);
+    }
+    if (e.PUBLIC_BASE_URL === undefined) {
+      problems.push(`PUBLIC_BASE_URL: required when HOST (${e.HOST}) is not a loopback address; partners call back this URL, and a default built from HOST would not reach this service`);
+    }
+    if (problems.length > 0) throw new ConfigError(`unsafe configuration:\n  ${problems.join('\n  ')}`);
+  }
   const urlHost = isIP(e.HOST) === 6 ? `[${e.HOST}]` : e.HOST === '0.0.0.0' ? '127.0.0.1' : e.HOST;
   return Object.freeze({
     databaseUrl: e.DATABASE_URL,
@@ -135,13 +158,28 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     logLevel: e.LOG_LEVEL,
     dbPoolSize: e.DB_POOL_SIZE,
     dbConnectTimeoutMs: e.DB_CONNECT_TIMEOUT_MS,
+    dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
     dispatchConcurrency: e.DISPATCH_CONCURRENCY,
     reconcileConcurrency: e.RECONCILE_CONCURRENCY,
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    maxLongPollWaiters: e.MAX_LONG_POLL_WAITERS,
     retentionDays: e.RETENTION_DAYS,
   });
+}
+
+/** True when `file` is the bundled demo file (or a link to it), whichever path names it. */
+function isBundledPartnersFile(file: string): boolean {
+  const real = (f: string) => {
+    try {
+      return realpathSync(f);
+    } catch {
+      return path.resolve(f);
+    }
+  };
+  const target = real(file);
+  return target === real(BUNDLED_PARTNERS_FILE) || target === real(BUNDLED_PARTNERS_FILE_FROM_SOURCE);
 }
 
 /** The bundled file sits at the repository root; __dirname differs between `dist/src/config` and `src/config`. */

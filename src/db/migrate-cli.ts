@@ -2,7 +2,7 @@ import { ConfigError, loadConfig, type Config } from '../config/config';
 import { PartnersFileError } from '../config/partners';
 import { createLogger } from '../observability/logger';
 import { openDatabase } from './database';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded-postgres';
+import { EmbeddedPostgresError, startEmbeddedPostgres, type EmbeddedPostgres } from './embedded-postgres';
 import { MigrationError, migrateToLatest } from './migrator';
 
 /**
@@ -39,6 +39,10 @@ async function main(): Promise<number> {
     }
     return 0;
   } catch (err) {
+    if (err instanceof EmbeddedPostgresError) {
+      process.stderr.write(`callback-reconciler migrate: ${err.message}\n`);
+      return 1;
+    }
     const results = err instanceof MigrationError ? err.results : undefined;
     logger.error({ err, ...(results ? { results } : {}) }, 'migration failed');
     return 1;

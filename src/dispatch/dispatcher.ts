@@ -115,10 +115,10 @@ export class Dispatcher {
       return undefined;
     }
     // The fence, checked again right before the call (not only on the write): the lease must still be
-    // ours and outlast the whole attempt by the database's clock. A re-send after a transient failure is
-    // marked in flight by the same statement, so a takeover after a crash asks before sending again.
+    // ours and outlast the whole attempt by the database's clock. (A re-send after a transient failure is
+    // marked "ask first" beforehand by the checker's beginResend.)
     const minLeftMs = client.config.dispatch.timeoutMs + LEASE_SAFETY_MARGIN_MS;
-    if (!(await this.deps.repo.confirmLease(task.id, fence, minLeftMs, task.last_dispatch_outcome === 'transient'))) return 'not_held';
+    if (!(await this.deps.repo.confirmLease(task.id, fence, minLeftMs))) return 'not_held';
     const result = await client.dispatch({
       requestNo: task.request_no,
       kind: task.kind,

@@ -56,7 +56,7 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
             { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 50 } },
             { name: 'cursor', in: 'query', schema: { type: 'string' } },
           ],
-          responses: { '200': { description: 'A page', content: json('TaskList') }, '422': problem('Invalid query'), ...common },
+          responses: { '200': { description: 'A page (it also ends early past about 4 MB, with nextCursor set)', content: json('TaskList') }, '422': problem('Invalid query'), ...common },
         },
       },
       '/v1/tasks/{id}': {
@@ -68,8 +68,12 @@ export function buildOpenApiDocument(extraPaths: Record<string, unknown> = {}): 
       },
       '/v1/tasks/{id}/events': {
         get: {
-          summary: 'The audit trail, oldest first',
-          parameters: [idParam],
+          summary: 'The audit trail, oldest first, a page at a time',
+          parameters: [
+            idParam,
+            { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 500, default: 100 } },
+            { name: 'cursor', in: 'query', schema: { type: 'string' } },
+          ],
           responses: { '200': { description: 'Events', content: json('TaskEventList') }, '404': problem('No such task'), ...common },
         },
       },

@@ -1,6 +1,7 @@
 import { Router } from 'express';
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../db/schema';
+import { DATABASE_RETRY_AFTER_SECONDS } from '../db/database';
 import { migrationsAreCurrent } from '../db/migrator';
 import type { Metrics } from '../observability/metrics';
 import { sendProblem } from './problem';
@@ -9,7 +10,7 @@ import { sendProblem } from './problem';
 const READINESS_CACHE_MS = 1000;
 
 /** Health, readiness, metrics and the OpenAPI document: no key needed. */
-export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean): Router {
+export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean, onDatabaseError?: (err: unknown) => void): Router {
   const router = Router();
   let cached: { at: number; ready: boolean; detail: string } | undefined;
 
@@ -20,7 +21,9 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
       await sql`select 1`.execute(db);
       result = (await migrationsAreCurrent(db)) ? { ready: true, detail: 'ok' } : { ready: false, detail: 'migrations are not current' };
     } catch (err) {
-      result = { ready: false, detail: `database does not answer: ${(err as Error).message}` };
+      // The driver's text (host names, SQL, server messages) goes to the log, never into the answer.
+      onDatabaseError?.(err);
+      result = { ready: false, detail: 'the database does not answer' };
     }
     cached = { at: Date.now(), ...result };
     return result;
@@ -33,7 +36,10 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
   router.get('/readyz', async (_req, res) => {
     if (isDraining()) return sendProblem(res, 503, 'shutting down');
     const { ready, detail } = await readiness();
-    if (!ready) return sendProblem(res, 503, detail);
+    if (!ready) {
+      res.set('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
+      return sendProblem(res, 503, detail);
+    }
     res.json({ status: 'ready' });
   });
 

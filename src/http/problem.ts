@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, Response } from 'express';
 import type { Logger } from 'pino';
 import { ZodError } from 'zod';
+import { classifyDatabaseError, DATABASE_RETRY_AFTER_SECONDS } from '../db/database';
 
 /** One bad field of a refused request. */
 export interface FieldError {
@@ -71,6 +72,18 @@ export function problemHandler(logger: Logger): ErrorRequestHandler {
     if (e.type === 'entity.too.large') return sendProblem(res, 413, 'the body is larger than MAX_BODY_BYTES');
     if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return sendProblem(res, 415, e.message ?? 'unsupported encoding');
     if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) return sendProblem(res, e.status, e.message ?? 'bad request');
+    const log = (req as { log?: Logger }).log ?? logger;
+    // Database errors never reach the client as text: their messages carry SQL, values and server details.
+    const dbError = classifyDatabaseError(err);
+    if (dbError === 'unavailable') {
+      log.warn({ err }, 'database unavailable');
+      res.set('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));
+      return sendProblem(res, 503, 'the database is unavailable; retry later');
+    }
+    if (dbError === 'unstorable') {
+      log.error({ err }, 'the database refused a value the input checks let through');
+      return sendProblem(res, 422, 'the request carries a value that cannot be stored');
+    }
     (req as { log?: Logger }).log?.error({ err }, 'unhandled error') ?? logger.error({ err }, 'unhandled error');
     return sendProblem(res, 500, 'an unexpected error occurred; it has been logged');
   };

@@ -2,6 +2,13 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 const PREFIX = 'callback_reconciler_';
 
+/** What the pool gauges read; the pg Pool has these, tests may pass a plain object. */
+export interface PoolCounts {
+  readonly totalCount: number;
+  readonly idleCount: number;
+  readonly waitingCount: number;
+}
+
 /** Latency buckets from 1 ms to 30 s: partner calls and waits span that range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -103,6 +110,35 @@ export class Metrics {
     labelNames: ['partner'] as const,
     registers: [this.registry],
   });
+
+  /** The pool the two pool gauges read at scrape time (see observePool). */
+  private pool: PoolCounts | undefined;
+
+  readonly dbPoolConnections: Gauge<'state'> = new Gauge({
+    name: `${PREFIX}db_pool_connections`,
+    help: "Connections of this process's database pool, by state (idle, busy).",
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+    collect: () => {
+      if (!this.pool) return;
+      this.dbPoolConnections.set({ state: 'idle' }, this.pool.idleCount);
+      this.dbPoolConnections.set({ state: 'busy' }, this.pool.totalCount - this.pool.idleCount);
+    },
+  });
+
+  readonly dbPoolWaiting: Gauge = new Gauge({
+    name: `${PREFIX}db_pool_waiting`,
+    help: 'Queries of this process waiting for a free database connection; a count that keeps growing means the pool is too small or connections leak.',
+    registers: [this.registry],
+    collect: () => {
+      if (this.pool) this.dbPoolWaiting.set(this.pool.waitingCount);
+    },
+  });
+
+  /** Exposes a pool's counts on the pool gauges, read at scrape time so the hot path updates nothing. */
+  observePool(pool: PoolCounts): void {
+    this.pool = pool;
+  }
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });

@@ -1,5 +1,12 @@
 import type { PartnerConfig } from '../config/partners';
+import { escapeUnstorableText, makeStorable } from '../db/storable';
 import type { PartnerStatus } from '../tasks/task';
+
+/**
+ * A partner's `error` is kept for people to read, not for machines: past this many characters of JSON it
+ * is cut, so a misbehaving partner cannot fill rows, events and every answer with megabytes.
+ */
+export const MAX_PARTNER_ERROR_CHARS = 4096;
 
 /** A partner's statement about one request, in our words. */
 export interface PartnerReport {
@@ -26,7 +33,15 @@ export function readPointer(doc: unknown, pointer: string): unknown {
   return cur;
 }
 
-const OUR_WORDS: Readonly<Record<string, PartnerStatus>> = { processing: 'processing', succeeded: 'succeeded', failed: 'failed' };
+// Maps, not object literals: a partner's word may be "constructor", "__proto__" or "toString".
+const OUR_WORDS: ReadonlyMap<string, PartnerStatus> = new Map([['processing', 'processing'], ['succeeded', 'succeeded'], ['failed', 'failed']]);
+const statusValueMaps = new WeakMap<object, ReadonlyMap<string, PartnerStatus>>();
+
+function partnerWords(statusValues: Readonly<Record<string, PartnerStatus>>): ReadonlyMap<string, PartnerStatus> {
+  let words = statusValueMaps.get(statusValues);
+  if (!words) statusValueMaps.set(statusValues, (words = new Map(Object.entries(statusValues))));
+  return words;
+}
 
 /**
  * Turns a partner's body (a status answer, a callback, or a dispatch answer) into a report using the
@@ -36,17 +51,27 @@ export function mapPartnerBody(partner: PartnerConfig, body: unknown, requireReq
   const m = partner.mapping;
   const rawStatus = readPointer(body, m.status);
   if (rawStatus === undefined || rawStatus === null) return { ok: false, reason: `no status at ${m.status || '(root)'}` };
-  const word = String(rawStatus);
-  const status = m.statusValues[word] ?? OUR_WORDS[word];
-  if (!status) return { ok: false, reason: `unknown status "${word.slice(0, 64)}"` };
+  const word = typeof rawStatus === 'object' ? JSON.stringify(rawStatus) ?? '' : String(rawStatus);
+  const status = partnerWords(m.statusValues).get(word) ?? OUR_WORDS.get(word);
+  // The reason ends up in events and answers: keep it short and storable.
+  if (!status) return { ok: false, reason: `unknown status "${escapeUnstorableText(word.slice(0, 64))}"` };
   const rawRequestNo = readPointer(body, m.requestNo);
   const requestNo = typeof rawRequestNo === 'string' || typeof rawRequestNo === 'number' ? String(rawRequestNo) : undefined;
   if (requireRequestNo && !requestNo) return { ok: false, reason: `no request number at ${m.requestNo || '(root)'}` };
   const report: PartnerReport = { status };
   if (requestNo !== undefined) report.requestNo = requestNo;
+  // Whatever a partner's result and error contain, the report must be storable: it settles the task.
   const result = readPointer(body, m.result);
-  if (result !== undefined) report.result = result;
+  if (result !== undefined) report.result = makeStorable(result);
   const error = readPointer(body, m.error);
-  if (error !== undefined) report.error = error;
+  if (error !== undefined) report.error = boundedError(makeStorable(error));
   return { ok: true, report };
+}
+
+/** The partner's error as is when short; else the start of its JSON text, marked as cut. */
+export function boundedError(error: unknown): unknown {
+  const text = typeof error === 'string' ? error : JSON.stringify(error);
+  if (text === undefined || text.length <= MAX_PARTNER_ERROR_CHARS) return error;
+  // Cutting may split a surrogate pair; escapeUnstorableText keeps the cut end storable.
+  return escapeUnstorableText(`${text.slice(0, MAX_PARTNER_ERROR_CHARS)}… (truncated from ${text.length} characters)`);
 }

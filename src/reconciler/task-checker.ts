@@ -79,7 +79,11 @@ export class TaskChecker {
       return 'unknown_partner';
     }
     const partner = client.config;
-    if (!expired && task.status === 'pending' && task.last_dispatch_outcome === 'transient') return this.redispatch(task, fence);
+    if (!expired && task.status === 'pending' && task.last_dispatch_outcome === 'transient') {
+      // The attempt about to leave may never be recorded; until it is, the task must read "ask first".
+      if (!(await this.deps.repo.beginResend(task.id, fence))) return 'fenced_out';
+      return this.redispatch(task, fence);
+    }
 
     const sinceLast = now.getTime() - (this.lastQueried.get(task.id) ?? Number.NEGATIVE_INFINITY);
     if (sinceLast >= 0 && sinceLast < MIN_STATUS_QUERY_GAP_MS) {

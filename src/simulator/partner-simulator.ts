@@ -34,6 +34,11 @@ export interface PartnerBehaviourOptions {
   logger: Logger;
   /** Default `'404'`. */
   unknownStatus?: UnknownStatusAnswer;
+  /**
+   * When set, callbacks go only to URLs under this base (the service's PUBLIC_BASE_URL): a dispatch naming
+   * any other callbackUrl is refused, so the simulator never signs a callback for someone else's host.
+   */
+  callbackBaseUrl?: string;
 }
 
 /** A dispatch body that passed the protocol's shape check. */
@@ -52,6 +57,8 @@ export class PartnerSimulator {
   private readonly timers = new CancellableTimers();
   private readonly sender: CallbackSender;
   private down = false;
+  /** While above 0, every dispatch (after its receipt is recorded) and status query waits this long first. */
+  private slowMs = 0;
   private closed = false;
 
   constructor(private readonly options: PartnerBehaviourOptions) {
@@ -60,6 +67,16 @@ export class PartnerSimulator {
 
   setDown(down: boolean): void {
     this.down = down;
+  }
+
+  /**
+   * A partner that is up but slow: while `delayMs` > 0, every dispatch and status query is answered only
+   * after `delayMs` (a dispatch is received on arrival, as with the `delayMs` directive), so a caller
+   * whose timeout is shorter sees ambiguous dispatches and timed-out status queries. 0 ends it.
+   */
+  setSlow(delayMs: number): void {
+    if (!Number.isInteger(delayMs) || delayMs < 0) throw new RangeError(`delayMs must be an integer >= 0, got ${delayMs}`);
+    this.slowMs = delayMs;
   }
 
   /** Forgets everything and cancels pending callbacks, so one test's leftovers never reach the next. */
@@ -78,7 +95,7 @@ export class PartnerSimulator {
 
   /** `POST {dispatchPath}`: record the attempt, apply its directive, maybe start the callbacks. */
   async dispatch(body: unknown, idempotencyKey: string | undefined, res: ServerResponse): Promise<void> {
-    const parsed = parseDispatchBody(body);
+    const parsed = parseDispatchBody(body, this.options.callbackBaseUrl);
     if (typeof parsed === 'string') {
       sendJson(res, 400, { error: parsed });
       return;
@@ -97,6 +114,7 @@ export class PartnerSimulator {
   async status(requestNo: string, res: ServerResponse): Promise<void> {
     const { record, queryIndex } = this.state.recordStatusQuery(requestNo);
     const directive: StatusDirective = directiveForAttempt(record.script.status, queryIndex) ?? 'normal';
+    if (this.slowMs > 0 && !(await this.waitBeforeAnswering(this.slowMs, res))) return;
     if (directive === '404') return sendJson(res, 404, { requestNo, error: 'not found (simulated)' });
     if (directive === '500') return sendJson(res, 500, { requestNo, error: 'internal error (simulated)' });
     if (typeof directive === 'object' && !(await this.waitBeforeAnswering(directive.delayMs, res))) return;
@@ -134,7 +152,8 @@ export class PartnerSimulator {
       const finalInAnswer = isSuccess && directive.reset !== true ? finalBodyStatus(directive) : undefined;
       if (this.state.markReceived(record, finalInAnswer)) await this.startCallbacks(record);
     }
-    if (directive.delayMs !== undefined && directive.delayMs > 0 && !(await this.waitBeforeAnswering(directive.delayMs, res))) return;
+    const delayMs = Math.max(directive.delayMs ?? 0, this.slowMs);
+    if (delayMs > 0 && !(await this.waitBeforeAnswering(delayMs, res))) return;
     if (directive.reset === true) {
       res.destroy();
       return;
@@ -210,12 +229,15 @@ export class PartnerSimulator {
 }
 
 /** Checks the protocol's dispatch shape; returns a problem text for a 400 when it does not fit. */
-function parseDispatchBody(body: unknown): DispatchRequest | string {
+function parseDispatchBody(body: unknown, callbackBaseUrl: string | undefined): DispatchRequest | string {
   if (!isPlainObject(body)) return 'body must be a JSON object';
   const { requestNo, payload, callbackUrl } = body;
   if (typeof requestNo !== 'string' || requestNo === '') return 'requestNo must be a non-empty string';
   if (callbackUrl !== undefined && (typeof callbackUrl !== 'string' || !/^https?:\/\//.test(callbackUrl) || !URL.canParse(callbackUrl))) {
     return 'callbackUrl must be an http(s) URL';
+  }
+  if (callbackUrl !== undefined && callbackBaseUrl !== undefined && !isUnder(callbackUrl, callbackBaseUrl)) {
+    return `callbackUrl must be under ${callbackBaseUrl}`;
   }
   return { requestNo, payload, callbackUrl };
 }
@@ -223,4 +245,12 @@ function parseDispatchBody(body: unknown): DispatchRequest | string {
 function finalBodyStatus(directive: DispatchDirective): FinalStatus | undefined {
   const bodyStatus = directive.bodyStatus;
   return bodyStatus === 'succeeded' || bodyStatus === 'failed' ? bodyStatus : undefined;
+}
+
+/** True when `url` has the origin of `base` and a path below base's path (compared after URL parsing). */
+function isUnder(url: string, base: string): boolean {
+  const u = new URL(url);
+  const b = new URL(base);
+  const basePath = b.pathname.endsWith('/') ? b.pathname : `${b.pathname}/`;
+  return u.origin === b.origin && u.username === '' && u.password === '' && u.pathname.startsWith(basePath);
 }

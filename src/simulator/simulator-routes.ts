@@ -90,6 +90,14 @@ function buildControlApp(partner: PartnerSimulator, logger: Logger): Express {
     partner.setDown(down);
     res.json({ down });
   });
+  app.post('/_sim/slow', (req, res) => {
+    const delayMs: unknown = (req.body as { delayMs?: unknown } | undefined)?.delayMs;
+    if (typeof delayMs !== 'number' || !Number.isSafeInteger(delayMs) || delayMs < 0) {
+      return void res.status(400).json({ error: 'body must be {"delayMs": integer >= 0}' });
+    }
+    partner.setSlow(delayMs);
+    res.json({ delayMs });
+  });
   app.use((_req: Request, res: Response) => void res.status(404).json({ error: 'no such route' }));
   app.use(jsonErrors(logger));
   return app;

@@ -9,6 +9,8 @@ export const REQUEST_LOG_CAPACITY = 200_000;
 export interface SimulatorTotals {
   /** Dispatch attempts processed (repeats of a requestNo included; those refused while down excluded). */
   dispatches: number;
+  /** Dispatch attempts the partner counted as received (a 2xx answer, or a reset after receipt). */
+  received: number;
   /** Status queries processed (those refused while down excluded). */
   statusQueries: number;
   /** Callback HTTP attempts made, retries included. */
@@ -22,6 +24,13 @@ export interface SimulatorTotals {
 /** What the simulator saw for one requestNo; tests assert on it ("dispatched exactly once", "asked before re-sending"). */
 export interface RequestStats {
   dispatches: number;
+  /**
+   * Dispatch attempts that reached the partner as a request it accepted (a 2xx, or a reset after
+   * receipt). More than one means the request was delivered again although the partner already had it:
+   * since the status endpoint answers 404 only before the first receipt, a caller that asks before
+   * re-sending an ambiguous dispatch never gets here twice. The chaos suite counts on it.
+   */
+  received: number;
   statusQueries: number;
   callbacksSent: number;
   callbacksFailed: number;
@@ -102,6 +111,8 @@ export class SimulatorState {
    * @returns true only for the first receipt, which is when callbacks are scheduled.
    */
   markReceived(record: RequestRecord, finalStatusInAnswer: FinalStatus | undefined): boolean {
+    record.stats.received += 1;
+    this.totals.received += 1;
     if (finalStatusInAnswer !== undefined) record.finalStatusFromDispatch = finalStatusInAnswer;
     if (record.firstReceivedAt !== undefined) return false;
     record.firstReceivedAt = Date.now();
@@ -147,7 +158,7 @@ export class SimulatorState {
     if (record === undefined) {
       record = {
         requestNo,
-        stats: { dispatches: 0, statusQueries: 0, callbacksSent: 0, callbacksFailed: 0 },
+        stats: { dispatches: 0, received: 0, statusQueries: 0, callbacksSent: 0, callbacksFailed: 0 },
         script: DEFAULT_SCRIPT,
         callbackUrl: undefined,
         firstReceivedAt: undefined,
@@ -160,12 +171,13 @@ export class SimulatorState {
 }
 
 function emptyTotals(): SimulatorTotals {
-  return { dispatches: 0, statusQueries: 0, callbacksSent: 0, callbacksFailed: 0, rejectedWhileDown: 0 };
+  return { dispatches: 0, received: 0, statusQueries: 0, callbacksSent: 0, callbacksFailed: 0, rejectedWhileDown: 0 };
 }
 
 function copyRequestStats(stats: RequestStats): RequestStats {
   const copy: RequestStats = {
     dispatches: stats.dispatches,
+    received: stats.received,
     statusQueries: stats.statusQueries,
     callbacksSent: stats.callbacksSent,
     callbacksFailed: stats.callbacksFailed,

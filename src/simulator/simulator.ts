@@ -44,6 +44,8 @@ export interface SimulatorOptions {
    * protocol's "never received"), or `'processing'` / `'succeeded'` / `'failed'` as if it had been.
    */
   unknownStatus?: UnknownStatusAnswer;
+  /** Callbacks only to URLs under this base (see PartnerBehaviourOptions.callbackBaseUrl); unset: anywhere. */
+  callbackBaseUrl?: string;
 }
 
 /** A running simulator. */
@@ -56,6 +58,8 @@ export interface Simulator {
   reset(): void;
   /** While down, every dispatch and status query answers 503 (counted as `rejectedWhileDown`, nothing else). */
   setDown(down: boolean): void;
+  /** While `delayMs` > 0, every dispatch (received on arrival) and status query is answered that late; 0 ends it. */
+  setSlow(delayMs: number): void;
   /** Stops the server, cancels pending timers and destroys the callback agents. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -78,6 +82,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<Simulator>
     defaultCallbackDelayMs: settings.defaultCallbackDelayMs,
     logger: settings.logger,
     unknownStatus: settings.unknownStatus,
+    ...(opts.callbackBaseUrl !== undefined ? { callbackBaseUrl: opts.callbackBaseUrl } : {}),
   });
   const server = http.createServer(createSimulatorListener(partner, settings.paths, settings.logger));
   server.keepAliveTimeout = SIMULATOR_DEFAULTS.keepAliveTimeoutMs;
@@ -95,6 +100,7 @@ export async function startSimulator(opts: SimulatorOptions): Promise<Simulator>
     stats: () => partner.state.snapshot(),
     reset: () => partner.reset(),
     setDown: (down) => partner.setDown(down),
+    setSlow: (delayMs) => partner.setSlow(delayMs),
     close: () => (closing ??= closeServer(server, partner)),
   };
 }

@@ -87,6 +87,8 @@ export interface ListFilter {
   partner?: string;
   limit: number;
   after?: { createdAt: Date; id: string };
+  /** A page ends once its rows' JSON passes this many bytes (at least one row is always returned). */
+  maxBytes?: number;
 }
 
 /** A value as jsonb; undefined and null become SQL NULL (not a JSON null, which `coalesce` would keep). */
@@ -183,21 +185,54 @@ export class TaskRepository {
       .executeTakeFirst();
   }
 
-  /** Newest first, keyset-paginated on `(created_at, id)`; fetches one extra row to know whether more follow. */
+  /**
+   * Newest first, keyset-paginated on `(created_at, id)`; fetches one extra row to know whether more follow.
+   * A page also ends early once its rows' JSON passes `maxBytes` (it always holds at least one row), cut in
+   * the statement so a page of megabyte-sized tasks is never loaded whole.
+   */
   async list(filter: ListFilter): Promise<{ rows: TaskRow[]; hasMore: boolean }> {
-    let q = this.db.selectFrom('tasks').selectAll();
-    if (filter.status) q = q.where('status', '=', filter.status);
-    if (filter.partner) q = q.where('partner', '=', filter.partner);
+    let page = this.db
+      .selectFrom('tasks')
+      .selectAll()
+      .select(
+        sql<number>`octet_length(payload::text) + coalesce(octet_length(result::text), 0) + coalesce(octet_length(error::text), 0) + coalesce(octet_length(metadata::text), 0)`.as('json_bytes'),
+      );
+    if (filter.status) page = page.where('status', '=', filter.status);
+    if (filter.partner) page = page.where('partner', '=', filter.partner);
     if (filter.after) {
       const { createdAt, id } = filter.after;
-      q = q.where(sql<boolean>`(created_at, id) < (${createdAt}, ${id}::uuid)`);
+      page = page.where(sql<boolean>`(created_at, id) < (${createdAt}, ${id}::uuid)`);
     }
-    const rows = await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit + 1).execute();
-    return { rows: rows.slice(0, filter.limit), hasMore: rows.length > filter.limit };
+    const fetched = page.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(filter.limit + 1);
+    const sized = this.db
+      .selectFrom(fetched.as('page'))
+      .selectAll()
+      .select([
+        sql<number>`sum(json_bytes) over (order by created_at desc, id desc)`.as('bytes_through'),
+        sql<number>`count(*) over ()`.as('fetched'),
+      ]);
+    const maxBytes = filter.maxBytes ?? Number.MAX_SAFE_INTEGER;
+    const rows = await this.db
+      .selectFrom(sized.as('sized'))
+      .selectAll()
+      .where(sql<boolean>`bytes_through - json_bytes < ${maxBytes}`)
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .execute();
+    const fetchedCount = Number(rows[0]?.fetched ?? 0);
+    const kept = rows.slice(0, filter.limit).map(({ json_bytes: _b, bytes_through: _t, fetched: _f, ...task }) => task as TaskRow);
+    return { rows: kept, hasMore: rows.length > filter.limit || fetchedCount > rows.length };
   }
 
-  async listEvents(taskId: string): Promise<TaskEventRow[]> {
-    return this.db.selectFrom('task_events').selectAll().where('task_id', '=', taskId).orderBy('id', 'asc').execute();
+  /** Oldest first. With `limit`, one page after the event `afterId`, and whether more follow. */
+  async listEvents(taskId: string): Promise<TaskEventRow[]>;
+  async listEvents(taskId: string, page: { limit: number; afterId?: number }): Promise<{ rows: TaskEventRow[]; hasMore: boolean }>;
+  async listEvents(taskId: string, page?: { limit: number; afterId?: number }): Promise<TaskEventRow[] | { rows: TaskEventRow[]; hasMore: boolean }> {
+    let q = this.db.selectFrom('task_events').selectAll().where('task_id', '=', taskId);
+    if (!page) return q.orderBy('id', 'asc').execute();
+    if (page.afterId !== undefined) q = q.where('id', '>', page.afterId);
+    const rows = await q.orderBy('id', 'asc').limit(page.limit + 1).execute();
+    return { rows: rows.slice(0, page.limit), hasMore: rows.length > page.limit };
   }
 
   /**
@@ -309,29 +344,25 @@ export class TaskRepository {
 
   /**
    * The fence, checked right before a partner call: true when `owner` still holds the task's lease and
-   * it lasts at least `minLeftMs` more by the database's clock. With `markSending` (a re-send after a
-   * transient failure) the task is also marked, in the same statement, as having a dispatch in flight,
-   * so whoever takes it over after a crash asks the partner before sending anything again.
+   * it lasts at least `minLeftMs` more by the database's clock.
    */
-  async confirmLease(id: string, owner: string, minLeftMs: number, markSending = false): Promise<boolean> {
-    const held = sql`t.id = ${id}::uuid and t.lease_owner = ${owner} and t.status in ('pending', 'dispatched')
-      and t.lease_expires_at > now() + ${minLeftMs} * interval '1 millisecond'`;
-    const r = markSending
-      ? await runPrepared(this.db, this.pool, sql`update tasks t set last_dispatch_outcome = 'sending' where ${held} and t.last_dispatch_outcome = 'transient' returning 1`)
-      : await runPrepared(this.db, this.pool, sql`select 1 from tasks t where ${held}`);
+  async confirmLease(id: string, owner: string, minLeftMs: number): Promise<boolean> {
+    const r = await runPrepared(this.db, this.pool, sql`
+      select 1 from tasks t
+      where t.id = ${id}::uuid and t.lease_owner = ${owner} and t.status in ('pending', 'dispatched')
+        and t.lease_expires_at > now() + ${minLeftMs} * interval '1 millisecond'`);
     return r.rows.length > 0;
   }
 
   /**
    * Puts a claimed task back, due at `at` (never past its expiry), without counting an attempt or writing
-   * an event (the partner was protected: breaker open or rate limit spent, so nothing was sent and a
-   * re-send mark goes back to `transient`). Only the claim's holder can do it.
+   * an event (the partner was protected: breaker open or rate limit spent, so nothing was sent). Only
+   * the claim's holder can do it.
    */
   async defer(id: string, owner: string, at: Date): Promise<boolean> {
     const r = await runPrepared(this.db, this.pool, sql`
       update tasks t set lease_owner = null, lease_expires_at = null, check_requested_at = null,
-        next_check_at = ${nextCheckOnRelease(sql`least(${at}::timestamptz, t.expires_at)`)},
-        last_dispatch_outcome = case when t.last_dispatch_outcome = 'sending' then 'transient' else t.last_dispatch_outcome end
+        next_check_at = ${nextCheckOnRelease(sql`least(${at}::timestamptz, t.expires_at)`)}
       where t.id = ${id}::uuid and t.lease_owner = ${owner}`);
     return r.rowCount > 0;
   }
@@ -379,6 +410,24 @@ export class TaskRepository {
       from unnest(${checks.map((c) => c.id)}::uuid[], ${checks.map((c) => c.nextCheckAt.toISOString())}::timestamptz[]) as v(id, next_check_at)
       where t.id = v.id and t.lease_owner = ${owner} and t.status = 'dispatched'`);
     return result.rowCount;
+  }
+
+  /**
+   * Forgets that the last dispatch attempt failed before sending, just before the claim's holder sends
+   * another. The "transient, so send again without asking" shortcut is only sound while no attempt is
+   * in flight: if this attempt's outcome is never recorded (the replica dies, the database is away), the
+   * next claim must ask the partner first. Fenced: false when the claim has passed to someone else, and
+   * then nothing may be sent.
+   */
+  async beginResend(id: string, owner: string): Promise<boolean> {
+    const r = await this.db
+      .updateTable('tasks')
+      .set({ last_dispatch_outcome: null })
+      .where('id', '=', id)
+      .where('lease_owner', '=', owner)
+      .where('status', '=', 'pending')
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */

@@ -1,13 +1,27 @@
 import { z } from 'zod';
+import { findUnstorable, isStorableText, MAX_JSON_DEPTH } from '../db/storable';
+import { fieldErrors, HttpProblem, type FieldError } from '../http/problem';
 import { TASK_STATUSES, EVENT_SOURCES } from './task';
 
 /** Request and answer shapes of the client API. The same schemas validate requests and generate /openapi.json. */
 
-export const REQUEST_NO_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+/**
+ * 1-128 characters of `A-Za-z0-9._:-`, not made of dots only: the request number is substituted into the
+ * partner's status path, where `.` and `..` would collapse to another path even when percent-encoded.
+ */
+export const REQUEST_NO_PATTERN = /^(?!\.+$)[A-Za-z0-9._:-]{1,128}$/;
 
 export const requestNoSchema = z
   .string()
-  .regex(REQUEST_NO_PATTERN, 'must be 1-128 characters of A-Z, a-z, 0-9, ".", "_", ":" or "-"');
+  .regex(REQUEST_NO_PATTERN, 'must be 1-128 characters of A-Z, a-z, 0-9, ".", "_", ":" or "-", not dots only');
+
+/** True for a request number a task can have; anything else cannot name a stored task. */
+export function isValidRequestNo(s: string): boolean {
+  return REQUEST_NO_PATTERN.test(s);
+}
+
+/** Query text Postgres can compare against (no NUL, no unpaired surrogate). */
+const storableText = (max: number) => z.string().min(1).max(max).refine(isStorableText, 'contains a NUL character or an unpaired surrogate');
 
 const jsonObject = z.record(z.string(), z.unknown());
 
@@ -23,6 +37,28 @@ export const createTaskBodySchema = z
   .strict()
   .meta({ id: 'CreateTask' });
 export type CreateTaskBody = z.infer<typeof createTaskBodySchema>;
+
+/**
+ * Validates a create body and returns it with `payload` and `metadata` exactly as the client sent them.
+ * (zod copies records by assignment, so a key named `__proto__` would silently vanish from its copy; the
+ * parsed JSON has it as an own key.) Refuses with 422, naming the field, anything Postgres cannot store:
+ * NUL characters, unpaired surrogates, nesting deeper than MAX_JSON_DEPTH.
+ */
+export function parseCreateTaskBody(raw: unknown): CreateTaskBody {
+  const parsed = createTaskBodySchema.safeParse(raw);
+  if (!parsed.success) throw new HttpProblem(422, 'the task has invalid fields', fieldErrors(parsed.error));
+  const original = raw as Record<string, unknown>;
+  const errors: FieldError[] = [];
+  for (const field of ['partner', 'requestNo', 'kind', 'payload', 'notifyUrl', 'metadata'] as const) {
+    // payload and metadata are containers themselves: their own level counts towards the limit.
+    const found = findUnstorable(original[field], MAX_JSON_DEPTH);
+    if (found) errors.push({ field: [field, found.path].filter(Boolean).join('.'), message: found.reason });
+  }
+  if (errors.length > 0) throw new HttpProblem(422, 'the task has values that cannot be stored', errors);
+  const body: CreateTaskBody = { ...parsed.data, payload: original.payload as Record<string, unknown> };
+  if (original.metadata !== undefined) body.metadata = original.metadata as Record<string, unknown>;
+  return body;
+}
 
 const isoTime = z.iso.datetime();
 
@@ -64,14 +100,23 @@ export const taskEventSchema = z
   })
   .meta({ id: 'TaskEvent' });
 
-export const taskEventListSchema = z.object({ items: z.array(taskEventSchema) }).meta({ id: 'TaskEventList' });
+export const taskEventListSchema = z
+  .object({ items: z.array(taskEventSchema), nextCursor: z.string().nullable() })
+  .meta({ id: 'TaskEventList' });
+
+export const listEventsQuerySchema = z
+  .object({
+    limit: z.coerce.number().int().min(1).max(500).default(100),
+    cursor: storableText(200).optional(),
+  })
+  .strict();
 
 export const listTasksQuerySchema = z
   .object({
     status: z.enum(TASK_STATUSES).optional(),
-    partner: z.string().min(1).max(64).optional(),
+    partner: storableText(64).optional(),
     limit: z.coerce.number().int().min(1).max(500).default(50),
-    cursor: z.string().max(200).optional(),
+    cursor: storableText(200).optional(),
   })
   .strict();
 

@@ -10,7 +10,7 @@ import type { Metrics } from '../observability/metrics';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { isFinal, type TaskStatus } from './task';
 import type { TaskRepository } from './task-repository';
-import type { ApiTask, CreateTaskBody } from './task-schemas';
+import { isValidRequestNo, type ApiTask, type CreateTaskBody } from './task-schemas';
 import type { TaskNotifier } from './task-transitions';
 
 /**
@@ -18,6 +18,8 @@ import type { TaskNotifier } from './task-transitions';
  * before recording the outcome, the reconciler takes the task over once the claim runs out.
  */
 export const DISPATCH_LEASE_GRACE_MS = 10_000;
+/** A list page ends early once its tasks' JSON passes this size (SERVICE.md: "about 4 MB"), with nextCursor set. */
+export const MAX_PAGE_BYTES = 4 * 1024 * 1024;
 /** While a `waitSeconds` read waits, how often it looks in the database (changes made by other replicas). */
 const WAIT_POLL_MS = 500;
 
@@ -115,7 +117,10 @@ export class TaskService {
   }
 
   async getByRequestNo(partner: string, requestNo: string): Promise<TaskRow> {
-    const task = await this.deps.repo.findByRequestNo(partner, requestNo);
+    // Only a configured partner and a well-formed request number can name a task; anything else (NUL
+    // characters included, which Postgres would refuse) is answered without asking the database.
+    const possible = this.deps.partners.get(partner) !== undefined && isValidRequestNo(requestNo);
+    const task = possible ? await this.deps.repo.findByRequestNo(partner, requestNo) : undefined;
     if (!task) throw new HttpProblem(404, `partner "${partner}" has no task with requestNo "${requestNo}"`);
     return task;
   }
@@ -124,6 +129,7 @@ export class TaskService {
     const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
     const { rows, hasMore } = await this.deps.repo.list({
       limit: q.limit,
+      maxBytes: MAX_PAGE_BYTES,
       ...(q.status ? { status: q.status } : {}),
       ...(q.partner ? { partner: q.partner } : {}),
       ...(after ? { after } : {}),
@@ -132,9 +138,13 @@ export class TaskService {
     return { rows, nextCursor: hasMore && last ? encodeCursor(new Date(last.created_at), last.id) : null };
   }
 
-  async events(id: string): Promise<TaskEventRow[]> {
+  /** A task's events, oldest first, one page at a time (keyset on the event id). */
+  async events(id: string, q: { limit: number; cursor?: string } = { limit: 100 }): Promise<{ rows: TaskEventRow[]; nextCursor: string | null }> {
+    const afterId = q.cursor === undefined ? undefined : decodeEventCursor(q.cursor);
     await this.get(id);
-    return this.deps.repo.listEvents(id);
+    const { rows, hasMore } = await this.deps.repo.listEvents(id, { limit: q.limit, ...(afterId !== undefined ? { afterId } : {}) });
+    const last = rows.at(-1);
+    return { rows, nextCursor: hasMore && last ? Buffer.from(JSON.stringify(['e', Number(last.id)])).toString('base64url') : null };
   }
 
   /**
@@ -177,6 +187,16 @@ export function decodeCursor(cursor: string): { createdAt: Date; id: string } {
     const [at, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [unknown, unknown];
     const createdAt = new Date(String(at));
     if (typeof id === 'string' && isUuid(id) && !Number.isNaN(createdAt.getTime())) return { createdAt, id };
+  } catch {
+    // fall through to the 422 below
+  }
+  throw new HttpProblem(422, 'the cursor is not one this service issued', [{ field: 'cursor', message: 'is invalid' }]);
+}
+
+function decodeEventCursor(cursor: string): number {
+  try {
+    const [tag, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as [unknown, unknown];
+    if (tag === 'e' && Number.isSafeInteger(id) && (id as number) >= 0) return id as number;
   } catch {
     // fall through to the 422 below
   }

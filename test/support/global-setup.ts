@@ -52,7 +52,10 @@ async function findServer(): Promise<TestDatabaseServer> {
     process.stderr.write(`\ntestcontainers unavailable (${(err as Error).message.split('\n')[0]}); using embedded PostgreSQL\n`);
   }
   const dir = await mkdtemp(path.join(tmpdir(), 'cr-test-pg-'));
-  const embedded = await startEmbeddedPostgres(dir);
+  // An EmbeddedPostgresError is one line saying what to do (e.g. set TEST_DATABASE_URL); no stack needed.
+  const embedded = await startEmbeddedPostgres(dir).catch((err: unknown) => {
+    throw new Error(`no database for the tests: ${(err as Error).message}; or set TEST_DATABASE_URL`);
+  });
   return { kind: 'embedded', adminUrl: embedded.url, stop: () => embedded.stop() };
 }
 

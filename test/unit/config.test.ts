@@ -1,3 +1,6 @@
+import { mkdtempSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { ConfigError, DEFAULTS, isLoopbackHost, loadConfig } from '../../src/config/config';
 import { parsePartners, PartnersFileError } from '../../src/config/partners';
 import { writePartnersFile } from '../support/service';
@@ -58,9 +61,37 @@ describe('config', () => {
   });
 
   test('keys are required off loopback and accepted with them', () => {
-    expect(loadConfig(envWith({ HOST: '0.0.0.0', API_KEYS: 'k'.repeat(16) + ',' + 'j'.repeat(20) })).apiKeys).toHaveLength(2);
+    expect(loadConfig(envWith({ HOST: '0.0.0.0', PUBLIC_BASE_URL: 'https://reconciler.example', API_KEYS: 'k'.repeat(16) + ',' + 'j'.repeat(20) })).apiKeys).toHaveLength(2);
     expect(['127.0.0.1', '127.1.2.3', '::1', 'localhost'].every(isLoopbackHost)).toBe(true);
     expect(['0.0.0.0', '10.0.0.1', 'example.com'].some(isLoopbackHost)).toBe(false);
+  });
+});
+
+describe('safe defaults off loopback (issue 7 item 15)', () => {
+  const offLoopback = { HOST: '0.0.0.0', API_KEYS: 'k'.repeat(16), PUBLIC_BASE_URL: 'https://reconciler.example' };
+
+  test('the bundled demo partners file is refused, whether implied or named, and the message names PARTNERS_FILE', () => {
+    const implied = { ...offLoopback };
+    expect(() => loadConfig(implied)).toThrow(ConfigError);
+    expect(() => loadConfig(implied)).toThrow(/PARTNERS_FILE/);
+    const named = { ...offLoopback, PARTNERS_FILE: path.relative(process.cwd(), path.join(__dirname, '../../config/partners.example.json')) };
+    expect(() => loadConfig(named)).toThrow(/PARTNERS_FILE/);
+    const linked = path.join(mkdtempSync(path.join(tmpdir(), 'cr-link-')), 'partners.json');
+    symlinkSync(path.join(__dirname, '../../config/partners.example.json'), linked);
+    expect(() => loadConfig({ ...offLoopback, PARTNERS_FILE: linked })).toThrow(/PARTNERS_FILE/);
+  });
+
+  test('PUBLIC_BASE_URL is required, and the message names it', () => {
+    const { PUBLIC_BASE_URL: _omitted, ...withoutBase } = offLoopback;
+    expect(() => loadConfig(envWith(withoutBase))).toThrow(ConfigError);
+    expect(() => loadConfig(envWith(withoutBase))).toThrow(/PUBLIC_BASE_URL/);
+    expect(() => loadConfig(envWith({ ...withoutBase, HOST: '10.1.2.3' }))).toThrow(/PUBLIC_BASE_URL/);
+  });
+
+  test('with both given it starts; on loopback neither is needed', () => {
+    expect(loadConfig(envWith(offLoopback)).publicBaseUrl).toBe('https://reconciler.example');
+    expect(loadConfig({}).usesBundledPartners).toBe(true);
+    expect(loadConfig({ HOST: 'localhost' }).publicBaseUrl).toBe('http://localhost:3000');
   });
 });
 
