@@ -47,12 +47,13 @@ function gitCommit(): string {
 }
 
 function parseArgs(argv: string[], known: Scenario[]): { selected: Scenario[]; options: RunOptions } {
-  const options: RunOptions = { profile: false };
+  const options: RunOptions = { profile: false, big: false };
   const names: string[] = [];
   for (const arg of argv) {
     if (arg === '--profile') options.profile = true;
+    else if (arg === '--big') options.big = true;
     else if (arg === '--help' || arg === '-h') {
-      process.stdout.write(`usage: npm run bench -- [--profile] [scenario...]\nscenarios:\n${known.map((s) => `  ${s.name.padEnd(12)} ${s.description}`).join('\n')}\n`);
+      process.stdout.write(`usage: npm run bench -- [--profile] [--big] [scenario...]\nscenarios:\n${known.map((s) => `  ${s.name.padEnd(12)} ${s.description}`).join('\n')}\n`);
       process.exit(0);
     } else if (arg.startsWith('-')) throw new Error(`unknown option ${arg}`);
     else names.push(arg);

@@ -4,7 +4,9 @@ import type { Logger } from 'pino';
 import type { Database } from './db/schema';
 import { requireApiKey } from './http/auth';
 import type { HttpDrain } from './http/drain';
-import { buildOpenApiDocument } from './http/openapi';
+import { httpMetrics } from './http/http-metrics';
+import type { Lifecycle } from './http/lifecycle';
+import { buildOpenApiDocument, type OpenApiPaths } from './http/openapi';
 import { opsRoutes } from './http/ops-routes';
 import { HttpProblem, problemHandler } from './http/problem';
 import { requestLogging } from './http/request-context';
@@ -26,7 +28,11 @@ export interface AppDeps {
   drain: HttpDrain;
   /** Routers mounted before the client API and outside its key check (the partner-facing callbacks). */
   partnerFacing?: express.Router[];
-  openApiExtraPaths?: Record<string, unknown>;
+  openApiExtraPaths?: OpenApiPaths;
+  /** Named in the OpenAPI document's `servers` (PUBLIC_BASE_URL). */
+  publicBaseUrl?: string;
+  /** Start-up phase: API routes answer 503 + Retry-After until the database is there (absent: serving at once). */
+  lifecycle?: Lifecycle;
 }
 
 /** The express app only (no listen), so tests drive it in-process. */
@@ -35,9 +41,15 @@ export function buildApp(deps: AppDeps): Express {
   app.disable('x-powered-by');
   app.set('etag', false);
   app.set('query parser', 'simple');
+  app.use(httpMetrics(deps.metrics));
   app.use(requestLogging(deps.logger));
   app.use(deps.drain.middleware);
-  app.use(opsRoutes(deps.db, deps.metrics, () => buildOpenApiDocument(deps.openApiExtraPaths), () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer')));
+  const openApi = () => buildOpenApiDocument({ ...(deps.publicBaseUrl ? { serverUrl: deps.publicBaseUrl } : {}), ...(deps.openApiExtraPaths ? { extraPaths: deps.openApiExtraPaths } : {}) });
+  const lifecycle = deps.lifecycle;
+  app.use(
+    opsRoutes(deps.db, deps.metrics, openApi, () => deps.drain.isDraining, (err) => deps.logger.warn({ err }, 'readiness: the database does not answer'), () => lifecycle?.isStarting ?? false),
+  );
+  if (lifecycle) app.use(lifecycle.gate);
   for (const router of deps.partnerFacing ?? []) app.use(router);
   app.use('/v1', requireApiKey(deps.apiKeys));
   app.use(taskRoutes(deps.tasks, deps.partners, deps.maxBodyBytes, deps.longPolls ?? new LongPollLimit(Number.MAX_SAFE_INTEGER)));

@@ -5,20 +5,23 @@ import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { buildApp } from './app';
 import { HttpDrain } from './http/drain';
+import { Lifecycle } from './http/lifecycle';
 import { BackgroundLoop } from './background-loop';
 import { callbackRoutes } from './callbacks/callback-routes';
 import { CallbackService } from './callbacks/callback-service';
-import { InboxRepository } from './callbacks/inbox-repository';
+import { InboxRepository, type StoreAndApply, type StoreAndApplyResult } from './callbacks/inbox-repository';
 import { systemClock, type Clock } from './clock';
 import type { Config } from './config/config';
 import type { PartnerConfig } from './config/partners';
 import { openDatabase, type DatabaseHandle } from './db/database';
 import { migrateToLatest } from './db/migrator';
+import { waitForDatabase } from './db/wait-for-database';
 import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
+import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
@@ -36,6 +39,21 @@ function worstCheckMs(partner: PartnerConfig | undefined): number {
   return partner ? partner.status.timeoutMs + partner.dispatch.timeoutMs : 0;
 }
 
+/**
+ * The three batchers (creates, callbacks, dispatch outcomes) share the pool with reads and the reconciler:
+ * each may hold at most a quarter of it (at least one connection), so a burst of writes never starves the
+ * rest. Two batches of up to 64 in flight are plenty: a batch costs about one round trip whatever its size.
+ */
+function batchOptions(config: Config) {
+  return {
+    maxBatch: config.batch.maxSize,
+    windowMs: config.batch.windowMs,
+    maxWaitMs: config.batch.maxWaitMs,
+    maxQueued: config.batch.maxQueued,
+    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 4)),
+  };
+}
+
 export interface RuntimeOptions {
   config: Config;
   /** Overrides config.databaseUrl (main passes the embedded database's URL). */
@@ -46,6 +64,10 @@ export interface RuntimeOptions {
   port?: number;
   /** False: do not start the reconciler, housekeeping and safety net (tests drive them with runOnce). */
   background?: boolean;
+  /** Aborts the start-up wait for the database (a signal arrived meanwhile). */
+  signal?: AbortSignal;
+  /** Called once the server listens, before the database is waited for (main logs it; tests probe /readyz). */
+  onListening?: (url: string) => void;
 }
 
 /** Everything one running service holds; tests reach into it, main only starts and stops it. */
@@ -73,13 +95,14 @@ export interface Runtime {
   /** The `waitSeconds` reads held open now, and their cap. */
   readonly longPolls: LongPollLimit;
   /**
-   * Drains: stop accepting, let requests in flight finish (up to the shutdown timeout), finish or hand
-   * back dispatches, release claims, close the pool. Safe to call twice.
+   * Drains: /readyz answers 503 for `readinessDelayMs` (default SHUTDOWN_READINESS_DELAY_MS) while requests
+   * are still served, then stop accepting, let requests in flight finish (up to the shutdown timeout),
+   * finish or hand back dispatches, release claims, close the pool. Safe to call twice.
    */
-  stop(): Promise<void>;
+  stop(opts?: { readinessDelayMs?: number }): Promise<void>;
 }
 
-/** Composition root: builds every component from one Config, migrates, listens, starts background loops. */
+/** Composition root: builds every component from one Config, listens (not ready yet), waits for the database, migrates, starts background loops. */
 export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const { config } = opts;
   const clock = opts.clock ?? systemClock;
@@ -88,27 +111,27 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   if (!databaseUrl) throw new Error('no database URL: set DATABASE_URL or let main start the embedded database');
   const instanceId = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
-  // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
-  const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
-  try {
-    const applied = await migrateToLatest(migration.db);
-    if (applied.length > 0) logger.info({ applied }, 'migrations applied');
-  } finally {
-    await migration.close();
-  }
   const database = openDatabase({
     url: databaseUrl,
     poolSize: config.dbPoolSize,
     connectTimeoutMs: config.dbConnectTimeoutMs,
     statementTimeoutMs: config.dbStatementTimeoutMs,
   });
-
   const metrics = new Metrics({ defaultMetrics: true });
   metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
   const repo = new TaskRepository(database.db, database.pool);
   const notifier = new TaskNotifier();
-  const transitions = new TaskTransitions(repo, metrics, notifier, logger);
+  const transitionBatcher = new Batcher<TransitionSpec, TransitionResult>({
+    name: 'transition',
+    run: (specs) => repo.transitionMany(specs),
+    isolate: isDataError,
+    // Moves of one task go to successive statements, in order (transitionMany would split them anyway).
+    keyOf: (spec) => spec.taskId,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('transition', () => transitionBatcher.depth);
+  const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec));
   const dispatcher = new Dispatcher({
     partners,
     transitions,
@@ -120,9 +143,21 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     concurrency: config.dispatchConcurrency,
     onDue: (at) => reconciler.nudgeAt(at),
   });
+  const inbox = new InboxRepository(database.db, database.pool);
+  const callbackBatcher = new Batcher<StoreAndApply, StoreAndApplyResult>({
+    name: 'callback',
+    run: (items) => inbox.storeAndApply(items),
+    // A duplicate webhook-id racing in (unique violation) or a bad row fails only its own request.
+    isolate: isDataError,
+    // Two callbacks for one task never share a statement: each is applied after the other, as if alone.
+    keyOf: (item) => `${item.row.partner}\u0000${item.row.requestNo}`,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('callback', () => callbackBatcher.depth);
   const callbacks = new CallbackService({
     partners,
-    inbox: new InboxRepository(database.db, database.pool),
+    inbox,
+    storeAndApply: (item) => callbackBatcher.submit(item),
     tasks: repo,
     transitions,
     notifier,
@@ -136,7 +171,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       if (r?.dueAt) reconciler.nudgeAt(r.dueAt);
     },
   });
+  const createBatcher = new Batcher<NewTask, InsertResult>({
+    name: 'create',
+    run: (items) => repo.insertMany(items),
+    isolate: isDataError,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('create', () => createBatcher.depth);
   const tasks = new TaskService({
+    insertTask: (t) => createBatcher.submit(t),
     repo,
     partners,
     dispatcher,
@@ -163,8 +206,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const inboxSafetyNet = new BackgroundLoop('inbox-safety-net', INBOX_SAFETY_NET_INTERVAL_MS, () => callbacks.matchUnmatched(), logger);
 
   const drain = new HttpDrain();
+  const lifecycle = new Lifecycle();
   const longPolls = new LongPollLimit(config.maxLongPollWaiters);
   const app = buildApp({
+    lifecycle,
+    publicBaseUrl: config.publicBaseUrl,
     longPolls,
     db: database.db,
     logger,
@@ -177,11 +223,42 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     partnerFacing: [callbackRoutes(callbacks, config.maxBodyBytes)],
   });
 
-  const server = await listen(app, config.host, opts.port ?? config.port);
+  // Listen first, then wait for the database: a live but unready process (readiness 503, API 503 +
+  // Retry-After) instead of an exit, since orchestrators do not order start-up.
+  let server: Server;
+  try {
+    server = await listen(app, config.host, opts.port ?? config.port);
+  } catch (err) {
+    partners.close();
+    await database.close();
+    throw err;
+  }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   logger.info({ url, instanceId, partners: config.partners.map((p) => p.id) }, 'callback-reconciler listening');
+  opts.onListening?.(url);
+  try {
+    await waitForDatabase(database.db, { timeoutMs: config.dbStartupTimeoutMs, logger, ...(opts.signal ? { signal: opts.signal } : {}) });
+    // Migrations may rewrite big tables: they run on a connection of their own, without the statement timeout.
+    const migration = openDatabase({ url: databaseUrl, poolSize: 1, connectTimeoutMs: config.dbConnectTimeoutMs, applicationName: 'callback-reconciler-migrate' });
+    try {
+      const applied = await migrateToLatest(migration.db);
+      if (applied.length > 0) logger.info({ applied }, 'migrations applied');
+    } finally {
+      await migration.close();
+    }
+  } catch (err) {
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+    partners.close();
+    await database.close();
+    throw err;
+  }
+  lifecycle.serving();
+  logger.info('ready');
   if (opts.background !== false) {
     inboxSafetyNet.start();
     reconciler.start();
@@ -189,7 +266,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
 
   let stopped: Promise<void> | undefined;
-  const stop = () =>
+  const stop = (stopOpts: { readinessDelayMs?: number } = {}) =>
     (stopped ??= (async () => {
       // One budget for the whole drain (SHUTDOWN_TIMEOUT_MS), less a reserve for handing claims back and
       // closing the pool, so the process exits 0 in time whatever partners and clients do.
@@ -199,6 +276,12 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       // Stop claiming at once: the sweep in flight hands back what it has not started (due at once for
       // another replica) and its checks in flight finish, until the deadline.
       const reconcilerStopped = reconciler.stop(deadline);
+      // Still serving, but /readyz says 503: load balancers take the replica out before its listener closes.
+      const readinessDelayMs = stopOpts.readinessDelayMs ?? config.shutdownReadinessDelayMs;
+      if (readinessDelayMs > 0) {
+        logger.info({ readinessDelayMs }, 'not ready; closing the listener after the readiness delay');
+        await new Promise((resolve) => setTimeout(resolve, readinessDelayMs));
+      }
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // Responses during the drain carry `Connection: close` (see app.ts), so a kept-alive connection closes
       // right after its request in flight is answered and no client sends a new request on a socket we are
@@ -207,10 +290,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const forced = setTimeout(() => server.closeAllConnections(), Math.max(0, deadline - Date.now()));
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconcilerStopped, housekeeping.stop()]);
+      await Promise.all([inboxSafetyNet.stop(), reconcilerStopped, housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain()]);
       // Dispatches in flight finish (until the deadline); queued ones are handed back, and every
       // hand-back statement is awaited before the pool closes.
       await dispatcher.drain(deadline);
+      await transitionBatcher.drain();
       partners.close();
       await database.close();
       logger.info('stopped');

@@ -238,9 +238,9 @@ async function main(): Promise<number> {
       samples.push({
         at: Date.now(),
         rssMb: (mem?.rssKb ?? Number.NaN) / 1024,
-        heapUsedMb: get('callback_reconciler_nodejs_heap_size_used_bytes') / 2 ** 20,
-        lagP99Ms: get('callback_reconciler_nodejs_eventloop_lag_p99_seconds') * 1000,
-        lagMaxMs: get('callback_reconciler_nodejs_eventloop_lag_max_seconds') * 1000,
+        heapUsedMb: get('nodejs_heap_size_used_bytes') / 2 ** 20,
+        lagP99Ms: get('nodejs_eventloop_lag_p99_seconds') * 1000,
+        lagMaxMs: get('nodejs_eventloop_lag_max_seconds') * 1000,
         poolBusy: get('callback_reconciler_db_pool_connections{state="busy"}'),
         poolIdle: get('callback_reconciler_db_pool_connections{state="idle"}'),
         poolWaiting: get('callback_reconciler_db_pool_waiting'),

@@ -10,6 +10,7 @@ import { inFlightAtStop, runAutocannon, statusCodes } from '../support/load';
 import { cpuText, envNumber, ms, noiseNote, quietBeforePhase } from '../support/phase';
 import { sleep } from '../support/processes';
 import { RssSampler, type RssReport } from '../support/rss';
+import { sharedCeiling } from './create';
 import {
   BENCH_PARTNER_ID,
   migrateDatabase,
@@ -50,6 +51,9 @@ const SETTINGS = {
 
 export const TARGETS = Object.freeze({
   callbacksPerSecond: 2000,
+  /** Matched callbacks/s ÷ the single-row insert ceiling of the same run (shared with the create scenario). */
+  ratio: 0.4,
+  peakRssMb: 150,
   p99Ms: 50,
   inProcessP50Ms: 5,
   crossProcessP50Ms: 60,
@@ -428,6 +432,7 @@ function matchedRows(r: MatchedRun): ResultRow[] {
       metric: 'service peak RSS',
       value: Math.max(r.rss.peakSampledMb, Number.isFinite(r.rss.hwmMb) ? r.rss.hwmMb : 0),
       display: `${r.rss.peakSampledMb.toFixed(1)} MB sampled (${r.rss.firstMb.toFixed(1)} MB at run start, ${r.rss.lastMb.toFixed(1)} MB at the end; VmHWM ${r.rss.hwmMb.toFixed(1)} MB)`,
+      target: { op: '<', value: TARGETS.peakRssMb },
     },
     { scenario, metric: 'CPU during the run', value: serviceCpu, display: cpuText(r.cpu, ['service'], 'runner/autocannon') },
     {
@@ -478,6 +483,14 @@ async function run(ctx: ScenarioContext): Promise<ResultRow[]> {
   // 1. Matched callbacks per second.
   const matched = await runMatched(ctx, simulator);
   rows.push(...matchedRows(matched));
+  const ceiling = await sharedCeiling(ctx);
+  rows.push({
+    scenario: 'callbacks',
+    metric: 'ratio matched callbacks/s ÷ ceiling inserts/s (same run)',
+    value: matched.perSecond / ceiling.perSecond,
+    display: `${(matched.perSecond / ceiling.perSecond).toFixed(2)} (${fmtNumber(matched.perSecond)} vs ${fmtNumber(ceiling.perSecond)} inserts/s; p99 ${ms(matched.result.latency.p99)})`,
+    target: { op: '>=', value: TARGETS.ratio },
+  });
 
   // 2. Early callbacks: one database, two service processes A and B.
   const td = ctx.teardown.child('early callbacks');

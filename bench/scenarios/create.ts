@@ -17,6 +17,7 @@ import { inFlightAtStop, runAutocannon, statusCodes, statusCount } from '../supp
 import { freePort } from '../support/ports';
 import { baseEnv, sleep, startProcess, waitForHttpOk, type StopResult } from '../support/processes';
 import { RssSampler, type RssReport } from '../support/rss';
+import { serviceNodeFlags } from '../support/start-flags';
 import { fmtNumber, summarize, type Summary } from '../support/stats';
 import type { ResultRow, Scenario, ScenarioContext } from '../support/types';
 
@@ -45,6 +46,8 @@ const SETTINGS = {
   quietBusyPct: envNumber('BENCH_QUIET_BUSY_PCT', 25),
   /** Other processes using more than this (% of one core) during a phase get the phase flagged as noisy. */
   noisyOthersPct: 25,
+  /** Tasks already stored in the `--big` comparison. */
+  bigRows: envNumber('BENCH_BIG_ROWS', 10_000_000),
   /** Same as the service's default pool, so the ceiling is what the service could reach. */
   poolSize: DEFAULTS.dbPoolSize,
 };
@@ -52,8 +55,13 @@ const SETTINGS = {
 export const TARGETS = Object.freeze({
   createdPerSecond: 1500,
   p99Ms: 50,
+  /** Created and dispatched (the partner answers at once, no callback) ÷ the insert ceiling of the same run. */
   ratio: 0.25,
-  peakRssMb: 200,
+  /** Created, dispatched and settled by the partner's callback ÷ the ceiling. */
+  ratioWithCallbacks: 0.15,
+  peakRssMb: 150,
+  /** The create rate with BENCH_BIG_ROWS tasks stored, relative to an empty table: at least this. */
+  bigTableRatio: 0.8,
 });
 
 const PARTNER_ID = 'bench';
@@ -87,6 +95,10 @@ interface ServiceRunOptions {
   durationS: number;
   /** Extra node flags for the service process (e.g. --cpu-prof). */
   nodeFlags?: string[];
+  /** `dispatch`: the simulator is told never to call back, so each task is created and dispatched only. */
+  work?: 'callback' | 'dispatch';
+  /** Runs on the migrated database before the service starts (e.g. the 10-million-row fill). */
+  prepare?: (db: FreshDatabase) => Promise<void>;
 }
 
 interface ServiceRun {
@@ -208,15 +220,16 @@ async function settledRowCount(ctx: ScenarioContext, db: FreshDatabase): Promise
 }
 
 /** Bodies with a unique requestNo each, shared by warm-up and run so no requestNo repeats. */
-function uniqueBodies(): NonNullable<autocannon.Options['requests']> {
+function uniqueBodies(work: 'callback' | 'dispatch'): NonNullable<autocannon.Options['requests']> {
   const prefix = `bench-${randomBytes(4).toString('hex')}-`;
   let seq = 0;
+  const simulate = work === 'dispatch' ? { simulate: { callback: { mode: 'never' } } } : {};
   return [
     {
       method: 'POST',
       setupRequest: (req) => {
         const i = seq++;
-        return { ...req, body: JSON.stringify({ partner: PARTNER_ID, requestNo: `${prefix}${i}`, payload: { n: i } }) };
+        return { ...req, body: JSON.stringify({ partner: PARTNER_ID, requestNo: `${prefix}${i}`, payload: { n: i, ...simulate } }) };
       },
     },
   ];
@@ -227,6 +240,7 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
   try {
     const db = await ctx.postgres.createDatabase();
     td.add(`drop ${db.name}`, () => db.drop());
+    if (opts.prepare) await opts.prepare(db);
 
     const simPort = await freePort();
     const simulatorUrl = `http://127.0.0.1:${simPort}`;
@@ -252,7 +266,7 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
     const service = startProcess({
       name: 'service',
       command: process.execPath,
-      args: [...(opts.nodeFlags ?? []), path.join(ctx.distRoot, 'src', 'main.js')],
+      args: [...serviceNodeFlags(ctx.repoRoot), ...(opts.nodeFlags ?? []), path.join(ctx.distRoot, 'src', 'main.js')],
       // DB_POOL_SIZE and everything else left at the service's defaults.
       env: { ...baseEnv(), DATABASE_URL: db.url, PORT: String(port), HOST: '127.0.0.1', PARTNERS_FILE: partnersFile, LOG_LEVEL: opts.logLevel },
       cwd: ctx.repoRoot,
@@ -271,7 +285,7 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
       headers: { 'content-type': 'application/json' },
       connections: SETTINGS.connections,
       timeout: 10,
-      requests: uniqueBodies(),
+      requests: uniqueBodies(opts.work ?? 'callback'),
     };
     const quiet = await quietBeforePhase(ctx);
     const warmup = await runAutocannon({ ...load, duration: opts.warmupS });
@@ -529,13 +543,59 @@ async function profileService(ctx: ScenarioContext): Promise<ProfileSummary | un
 
 // ---------------------------------------------------------------------------------------------------------
 
+let ceilingOfThisRun: Promise<CeilingRun> | undefined;
+
+/**
+ * The insert ceiling, measured once per bench run and shared by the scenarios that compare against it
+ * (create, callbacks), so every ratio in one run has the same denominator.
+ */
+export function sharedCeiling(ctx: ScenarioContext): Promise<CeilingRun> {
+  ceilingOfThisRun ??= runCeiling(ctx);
+  return ceilingOfThisRun;
+}
+
+/**
+ * Fills `tasks` with `rows` settled tasks in one INSERT … SELECT generate_series with every index in place
+ * (what a service that has run for months holds): ids and created_at ascend like uuidv7 ids, request
+ * numbers are unique. Events are not filled (their table is append-only: its size does not change the
+ * cost of an insert). Returns the seconds taken by the insert and by VACUUM ANALYZE after it.
+ */
+async function fillTasks(ctx: ScenarioContext, db: FreshDatabase, rows: number): Promise<{ insertS: number; vacuumS: number }> {
+  const handle = openDatabase({ url: db.url, poolSize: 1, connectTimeoutMs: DEFAULTS.dbConnectTimeoutMs, applicationName: 'bench-fill' });
+  try {
+    await migrateToLatest(handle.db);
+    ctx.log(`big table: inserting ${fmtNumber(rows)} settled tasks with one INSERT … generate_series (indexes in place)`);
+    const t0 = performance.now();
+    await handle.pool.query(
+      `insert into tasks (id, partner, request_no, kind, status, payload, body_hash, dispatch_attempts, settled_by,
+                          next_check_at, expires_at, created_at, updated_at, dispatched_at, completed_at)
+       select (lpad(to_hex(b.ms + g), 12, '0') || '7000' || '8000' || lpad(to_hex(g), 12, '0'))::uuid,
+              $2, 'fill-' || g, null, 'succeeded', jsonb_build_object('n', g), 'fill', 1, 'callback',
+              null, now() + interval '1 day', b.at0 + g * interval '1 millisecond', now(), now(), now()
+       from generate_series(1, $1::bigint) as g,
+            (select (extract(epoch from now() - interval '30 days') * 1000)::bigint as ms, now() - interval '30 days' as at0) as b`,
+      [rows, PARTNER_ID],
+    );
+    const insertS = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    await handle.pool.query('vacuum analyze tasks');
+    const vacuumS = (performance.now() - t1) / 1000;
+    ctx.log(`big table: ${fmtNumber(rows)} rows in ${insertS.toFixed(1)} s, VACUUM ANALYZE ${vacuumS.toFixed(1)} s`);
+    return { insertS, vacuumS };
+  } finally {
+    await handle.close();
+  }
+}
+
 async function run(ctx: ScenarioContext): Promise<ResultRow[]> {
   const rows: ResultRow[] = [];
+  const dispatchOnly = await runService(ctx, { label: 'dispatch', logLevel: 'warn', work: 'dispatch', warmupS: SETTINGS.warmupS, durationS: SETTINGS.durationS });
+  rows.push(...serviceRows(`create: created + dispatched (partner answers at once, no callback), LOG_LEVEL=warn, ${SETTINGS.durationS} s`, dispatchOnly));
   const main = await runService(ctx, { label: 'warn', logLevel: 'warn', warmupS: SETTINGS.warmupS, durationS: SETTINGS.durationS });
-  rows.push(...serviceRows(`create: service, LOG_LEVEL=warn, ${SETTINGS.durationS} s`, main));
+  rows.push(...serviceRows(`create: created + dispatched + settled by callback, LOG_LEVEL=warn, ${SETTINGS.durationS} s`, main));
 
-  const ceiling = await runCeiling(ctx);
-  const cs = `create: ceiling, TaskRepository.insert × ${SETTINGS.connections} loops, pool ${SETTINGS.poolSize}, no HTTP, ${SETTINGS.durationS} s`;
+  const ceiling = await sharedCeiling(ctx);
+  const cs = `create: ceiling, TaskRepository.insert (single row) × ${SETTINGS.connections} loops, pool ${SETTINGS.poolSize}, no HTTP, ${SETTINGS.durationS} s`;
   rows.push(
     { scenario: cs, metric: 'inserts/s', value: ceiling.perSecond, display: `${fmtNumber(ceiling.perSecond)} /s (${fmtNumber(ceiling.inserted)} in ${ceiling.seconds.toFixed(2)} s)` },
     { scenario: cs, metric: 'insert latency p50 / p99', value: ceiling.latency.p99, display: `${ms(ceiling.latency.p50)} / ${ms(ceiling.latency.p99)}` },
@@ -556,12 +616,53 @@ async function run(ctx: ScenarioContext): Promise<ResultRow[]> {
     },
     {
       scenario: 'create',
-      metric: 'ratio created/s ÷ ceiling inserts/s',
-      value: main.createdPerSecond / ceiling.perSecond,
-      display: (main.createdPerSecond / ceiling.perSecond).toFixed(2),
+      metric: 'ratio created+dispatched/s ÷ ceiling inserts/s',
+      value: dispatchOnly.createdPerSecond / ceiling.perSecond,
+      display: `${(dispatchOnly.createdPerSecond / ceiling.perSecond).toFixed(2)} (p99 ${ms(dispatchOnly.result.latency.p99)})`,
       target: { op: '>=', value: TARGETS.ratio },
     },
+    {
+      scenario: 'create',
+      metric: 'ratio created+dispatched+callback/s ÷ ceiling inserts/s',
+      value: main.createdPerSecond / ceiling.perSecond,
+      display: (main.createdPerSecond / ceiling.perSecond).toFixed(2),
+      target: { op: '>=', value: TARGETS.ratioWithCallbacks },
+    },
   );
+
+  if (ctx.options.big) {
+    let fill: { insertS: number; vacuumS: number } | undefined;
+    const big = await runService(ctx, {
+      label: 'big',
+      logLevel: 'warn',
+      work: 'dispatch',
+      warmupS: SETTINGS.warmupS,
+      durationS: SETTINGS.durationS,
+      prepare: async (db) => {
+        fill = await fillTasks(ctx, db, SETTINGS.bigRows);
+      },
+    });
+    const bs = `create: created + dispatched with ${fmtNumber(SETTINGS.bigRows)} tasks already stored, ${SETTINGS.durationS} s`;
+    rows.push(...serviceRows(bs, big));
+    rows.push(
+      {
+        scenario: bs,
+        metric: 'fill time',
+        value: fill?.insertS ?? null,
+        display: fill ? `${fill.insertS.toFixed(1)} s for one INSERT … SELECT generate_series of ${fmtNumber(SETTINGS.bigRows)} rows with indexes in place (${fmtNumber(SETTINGS.bigRows / fill.insertS)} rows/s), then VACUUM ANALYZE ${fill.vacuumS.toFixed(1)} s` : 'not filled',
+      },
+      {
+        scenario: 'create',
+        metric: `rate with ${fmtNumber(SETTINGS.bigRows)} rows ÷ rate on an empty table`,
+        value: big.createdPerSecond / dispatchOnly.createdPerSecond,
+        display: `${(big.createdPerSecond / dispatchOnly.createdPerSecond).toFixed(2)} (${fmtNumber(big.createdPerSecond)} vs ${fmtNumber(dispatchOnly.createdPerSecond)} /s)`,
+        target: { op: '>=', value: TARGETS.bigTableRatio },
+      },
+    );
+    ctx.detail('big', { fill, createdPerSecond: big.createdPerSecond, latency: big.result.latency, rss: big.rss });
+  } else {
+    ctx.note(`the ${fmtNumber(SETTINGS.bigRows)}-row comparison was skipped (opt-in: npm run bench -- create --big; BENCH_BIG_ROWS sets the size)`);
+  }
 
   const info = await runService(ctx, { label: 'info', logLevel: 'info', warmupS: SETTINGS.warmupS, durationS: SETTINGS.infoDurationS });
   const is = `create: service, LOG_LEVEL=info (request logging on), ${SETTINGS.infoDurationS} s`;
@@ -589,29 +690,29 @@ async function run(ctx: ScenarioContext): Promise<ResultRow[]> {
   noiseNote(ctx, 'service LOG_LEVEL=warn', main.cpu, main.quiet);
   noiseNote(ctx, 'ceiling', ceiling.cpu, ceiling.quiet);
   noiseNote(ctx, 'service LOG_LEVEL=info', info.cpu, info.quiet);
-  for (const r of [main, info]) {
+  for (const r of [dispatchOnly, main, info]) {
     const st = Object.entries(r.statusesAtEnd).map(([s, n]) => `${s} ${fmtNumber(n)}`).join(', ');
-    ctx.note(`LOG_LEVEL=${r.opts.logLevel}: task statuses right after the run: ${st}; simulator totals ${JSON.stringify(r.simulatorTotals)}`);
+    ctx.note(`run ${r.opts.label} (LOG_LEVEL=${r.opts.logLevel}): task statuses right after the run: ${st}; simulator totals ${JSON.stringify(r.simulatorTotals)}`);
     const reads = Object.entries(r.tablesPerTask)
       .filter(([, t]) => (t['idx_scan'] ?? 0) + (t['seq_scan'] ?? 0) + (t['n_tup_ins'] ?? 0) + (t['n_tup_upd'] ?? 0) > 0)
       .map(
         ([table, t]) =>
           `${table}: ${t['idx_scan']} index scans (${t['idx_tup_fetch']} rows), ${t['seq_scan']} seq scans (${t['seq_tup_read']} rows), ${t['n_tup_ins']} inserts, ${t['n_tup_upd']} updates`,
       );
-    ctx.note(`LOG_LEVEL=${r.opts.logLevel}: per created task (pg_stat_user_tables): ${reads.join('; ')}`);
+    ctx.note(`run ${r.opts.label} (LOG_LEVEL=${r.opts.logLevel}): per created task (pg_stat_user_tables): ${reads.join('; ')}`);
     const warnLines = Object.entries(r.log.byLevel).filter(([l]) => !['info', 'debug', 'trace'].includes(l));
     if (warnLines.length > 0) {
-      ctx.note(`LOG_LEVEL=${r.opts.logLevel}: service logged ${warnLines.map(([l, n]) => `${fmtNumber(n)} ${l}`).join(', ')} lines; most frequent: ${r.log.topWarnings.map((w) => `"${w.msg}" ×${fmtNumber(w.count)}`).join('; ')}`);
+      ctx.note(`run ${r.opts.label} (LOG_LEVEL=${r.opts.logLevel}): service logged ${warnLines.map(([l, n]) => `${fmtNumber(n)} ${l}`).join(', ')} lines; most frequent: ${r.log.topWarnings.map((w) => `"${w.msg}" ×${fmtNumber(w.count)}`).join('; ')}`);
     }
     if (r.stop && (r.stop.code !== 0 || r.stop.forced)) {
-      ctx.note(`LOG_LEVEL=${r.opts.logLevel}: the service did not drain cleanly on SIGTERM: exit code ${r.stop.code}, signal ${r.stop.signal}, forced ${r.stop.forced}, after ${r.stop.ms} ms`);
+      ctx.note(`run ${r.opts.label} (LOG_LEVEL=${r.opts.logLevel}): the service did not drain cleanly on SIGTERM: exit code ${r.stop.code}, signal ${r.stop.signal}, forced ${r.stop.forced}, after ${r.stop.ms} ms`);
     } else if (r.stop) {
-      ctx.note(`LOG_LEVEL=${r.opts.logLevel}: SIGTERM drain took ${r.stop.ms} ms, exit 0`);
+      ctx.note(`run ${r.opts.label} (LOG_LEVEL=${r.opts.logLevel}): SIGTERM drain took ${r.stop.ms} ms, exit 0`);
     }
   }
   ctx.detail('settings', SETTINGS);
   ctx.detail('targets', TARGETS);
-  for (const r of [main, info]) {
+  for (const r of [dispatchOnly, main, info]) {
     ctx.detail(`service_${r.opts.label}`, {
       createdPerSecond: r.createdPerSecond,
       statusCodes: statusCodes(r.result),

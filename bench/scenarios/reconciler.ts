@@ -56,7 +56,7 @@ export const TARGETS = Object.freeze({
   checksPerSecond: 2000,
   ratio: 0.6,
   claimGrowth: 2,
-  peakRssMb: 200,
+  peakRssMb: 150,
 });
 
 // ---------------------------------------------------------------------------------------------------------

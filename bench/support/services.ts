@@ -1,5 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { serviceNodeFlags } from './start-flags';
 import { DEMO_PARTNER_SECRET } from '../../src/config/simulator-config';
 import { openDatabase } from '../../src/db/database';
 import { migrateToLatest } from '../../src/db/migrator';
@@ -70,7 +71,7 @@ export async function startServiceProcess(
   const handle = startProcess({
     name: `service ${opts.label}`,
     command: process.execPath,
-    args: [path.join(ctx.distRoot, 'src', 'main.js')],
+    args: [...serviceNodeFlags(ctx.repoRoot), path.join(ctx.distRoot, 'src', 'main.js')],
     env: {
       ...baseEnv(),
       DATABASE_URL: opts.databaseUrl,

@@ -29,6 +29,8 @@ export interface ResultRow {
 export interface RunOptions {
   /** Also run a profiling pass where the scenario supports it (`--profile`). */
   profile: boolean;
+  /** Also measure the create rate with BENCH_BIG_ROWS (10 million) tasks already stored (`--big`; slow). */
+  big: boolean;
 }
 
 /** What a scenario gets from the runner. */

@@ -10,7 +10,8 @@ import type { PartnerRegistry } from '../partners/partner-registry';
 import { transitionForReport } from '../tasks/report-transition';
 import type { TaskRepository, TransitionOutcome } from '../tasks/task-repository';
 import type { TaskNotifier, TaskTransitions } from '../tasks/task-transitions';
-import type { InboxLookup, InboxRepository } from './inbox-repository';
+import { isDuplicateCallback, type InboxLookup, type InboxRepository, type StoreAndApply, type StoreAndApplyResult } from './inbox-repository';
+import { rethrowAsBusy } from '../http/busy';
 import { SignatureVerifier } from './signature';
 
 /** The first look again comes quickly (a callback that beat its task by a hair); later ones back off. */
@@ -40,7 +41,15 @@ export interface CallbackServiceDeps {
   lookupTimeoutMs: number;
   /** What an untrusted (`verify: "poll"`) callback triggers for its task: a status query soon. */
   requestCheck: (taskId: string) => Promise<unknown>;
+  /**
+   * Stores a definitive callback and applies it in the same statement when its task exists (the
+   * group-commit batcher in the service). Absent: store, then apply, as two statements.
+   */
+  storeAndApply?: (item: StoreAndApply) => Promise<StoreAndApplyResult>;
 }
+
+/** transitionForReport needs no task row for a definitive report; this stands in for the one not read yet. */
+const UNREAD_TASK: TaskRef = { id: '00000000-0000-0000-0000-000000000000', check_attempts: 0, expires_at: new Date(0) };
 
 type TaskRef = Pick<TaskRow, 'id' | 'check_attempts' | 'expires_at'>;
 
@@ -90,7 +99,7 @@ export class CallbackService {
       throw new HttpProblem(400, `the callback cannot be read: ${mapped.reason}`);
     }
     const report = mapped.report;
-    const stored = await this.deps.inbox.store({
+    const row = {
       partner: partner.id,
       webhookId,
       requestNo: report.requestNo!,
@@ -99,11 +108,32 @@ export class CallbackService {
       error: report.error,
       rawBody: rawText,
       receivedAt,
-      outcome: 'queued',
-    });
-    if (!stored.stored) return this.answer(partner, 'duplicate');
-
+      outcome: 'queued' as const,
+    };
     const started = performance.now();
+    let stored: { inboxId: number; task: InboxLookup['task'] };
+    if (report.status !== 'processing' && this.deps.storeAndApply) {
+      const spec = { ...transitionForReport(partner, UNREAD_TASK, report, 'callback', receivedAt), detail: { type: 'callback', webhookId } };
+      let r: StoreAndApplyResult;
+      try {
+        r = await this.deps.storeAndApply({ row, spec });
+      } catch (err) {
+        if (isDuplicateCallback(err)) return this.answer(partner, 'duplicate');
+        rethrowAsBusy(err, () => this.deps.metrics.batchRefused.inc({ batcher: 'callback' }));
+      }
+      if (!r.stored) return this.answer(partner, 'duplicate');
+      if (r.applied) {
+        this.deps.metrics.callbackLookupWait.observe((performance.now() - started) / 1000);
+        const outcome = this.deps.transitions.record(partner.id, { ...spec, taskId: r.taskId! }, r.applied).outcome;
+        return this.answer(partner, outcome === 'applied' ? 'applied' : 'ignored', outcome === 'conflict' ? 'conflict' : undefined);
+      }
+      stored = { inboxId: r.inboxId, task: undefined };
+    } else {
+      const s = await this.deps.inbox.store(row);
+      if (!s.stored) return this.answer(partner, 'duplicate');
+      stored = s;
+    }
+
     let found: InboxLookup | undefined = stored.task ? { outcome: 'queued', task: stored.task } : undefined;
     if (!found) found = await this.awaitTask(partner.id, report.requestNo!, stored.inboxId, signal);
     this.deps.metrics.callbackLookupWait.observe((performance.now() - started) / 1000);

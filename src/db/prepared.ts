@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Kysely, RawBuilder } from 'kysely';
+import { CompiledQuery, type Kysely, type RawBuilder } from 'kysely';
 import type { Pool } from 'pg';
 
 /**
@@ -16,5 +16,18 @@ export async function runPrepared<R>(db: Kysely<any>, pool: Pool | undefined, qu
   const compiled = query.compile(db);
   const name = `cr_${createHash('sha1').update(compiled.sql).digest('base64url').slice(0, 24)}`;
   const r = await pool.query<R & object>({ name, text: compiled.sql, values: compiled.parameters as unknown[] });
+  return { rows: r.rows as R[], rowCount: r.rowCount ?? 0 };
+}
+
+/**
+ * Runs hand-written SQL (no query builder compile on the hot path) as the named prepared statement
+ * `name`. Without a pool it runs through Kysely, unprepared.
+ */
+export async function runRaw<R>(db: Kysely<any>, pool: Pool | undefined, name: string, text: string, values: unknown[]): Promise<{ rows: R[]; rowCount: number }> {
+  if (!pool) {
+    const r = await db.executeQuery<R>(CompiledQuery.raw(text, values));
+    return { rows: r.rows, rowCount: Number(r.numAffectedRows ?? r.rows.length) };
+  }
+  const r = await pool.query<R & object>({ name, text, values });
   return { rows: r.rows as R[], rowCount: r.rowCount ?? 0 };
 }

@@ -177,7 +177,8 @@ export class Dispatcher {
     const expiresAt = new Date(task.expires_at);
     const base = { taskId: task.id, source: 'dispatch' as const, now, fence, from: ['pending' as const] };
     const detail = { type: 'dispatch', outcome: result.kind, ...(result.httpStatus ? { httpStatus: result.httpStatus } : {}) };
-    const apply = (spec: Omit<TransitionSpec, keyof typeof base>) => this.deps.transitions.apply(task.partner, { ...base, ...spec });
+    // Outcomes of concurrent dispatches share statements (group commit); each keeps its own fence and rules.
+    const apply = (spec: Omit<TransitionSpec, keyof typeof base>) => this.deps.transitions.applyBatched(task.partner, { ...base, ...spec });
     const attempts = task.dispatch_attempts + 1;
 
     switch (result.kind) {
@@ -187,7 +188,7 @@ export class Dispatcher {
           // (issue 7, item 3) A definitive report is applied whatever touched the task during the call (a
           // "processing" callback, a re-claim): by the transition rules, not by the fence. One that
           // contradicts a final status is recorded as a conflict, as from any other source.
-          return this.deps.transitions.apply(task.partner, {
+          return this.deps.transitions.applyBatched(task.partner, {
             taskId: task.id,
             source: 'dispatch',
             now,

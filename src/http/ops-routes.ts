@@ -4,13 +4,21 @@ import type { Database } from '../db/schema';
 import { DATABASE_RETRY_AFTER_SECONDS } from '../db/database';
 import { migrationsAreCurrent } from '../db/migrator';
 import type { Metrics } from '../observability/metrics';
+import { STARTING_RETRY_AFTER_SECONDS } from './lifecycle';
 import { sendProblem } from './problem';
 
 /** Readiness looks at the database at most this often; probes from many places must not load it. */
 const READINESS_CACHE_MS = 1000;
 
 /** Health, readiness, metrics and the OpenAPI document: no key needed. */
-export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () => Record<string, unknown>, isDraining: () => boolean, onDatabaseError?: (err: unknown) => void): Router {
+export function opsRoutes(
+  db: Kysely<Database>,
+  metrics: Metrics,
+  openApi: () => Record<string, unknown>,
+  isDraining: () => boolean,
+  onDatabaseError?: (err: unknown) => void,
+  isStarting: () => boolean = () => false,
+): Router {
   const router = Router();
   let cached: { at: number; ready: boolean; detail: string } | undefined;
 
@@ -35,6 +43,10 @@ export function opsRoutes(db: Kysely<Database>, metrics: Metrics, openApi: () =>
 
   router.get('/readyz', async (_req, res) => {
     if (isDraining()) return sendProblem(res, 503, 'shutting down');
+    if (isStarting()) {
+      res.set('Retry-After', String(STARTING_RETRY_AFTER_SECONDS));
+      return sendProblem(res, 503, 'starting: waiting for the database');
+    }
     const { ready, detail } = await readiness();
     if (!ready) {
       res.set('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS));

@@ -2,6 +2,9 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 const PREFIX = 'callback_reconciler_';
 
+/** Gauges prom-client's default metrics name with a counter's `_total` suffix; each has a twin without it. */
+const DEPRECATED_DEFAULT_GAUGES = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
 /** What the pool gauges read; the pg Pool has these, tests may pass a plain object. */
 export interface PoolCounts {
   readonly totalCount: number;
@@ -111,6 +114,48 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** Every HTTP answer, by route template (never a raw path: ids would explode the series). */
+  readonly httpRequests = new Counter({
+    name: 'http_requests_total',
+    help: 'HTTP requests answered, by method, route template and status code.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly httpRequestDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'Time from receiving an HTTP request to finishing its answer, by method and route template.',
+    labelNames: ['method', 'route'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  private readonly queueSources = new Map<string, () => number>();
+
+  /** Writes waiting for a group-commit batch, per batcher (creates, callbacks): back-pressure shows here first. */
+  readonly batchQueueDepth = new Gauge({
+    name: `${PREFIX}batch_queue_depth`,
+    help: 'Writes waiting for a group-commit batch, by batcher; beyond BATCH_MAX_QUEUED (or BATCH_MAX_WAIT_MS) requests get 503.',
+    labelNames: ['batcher'] as const,
+    registers: [this.registry],
+    collect: () => {
+      for (const [name, depth] of this.queueSources) this.batchQueueDepth.set({ batcher: name }, depth());
+    },
+  });
+
+  /** Requests refused with 503 because a batcher or the pool was saturated. */
+  readonly batchRefused = new Counter({
+    name: `${PREFIX}batch_refused_total`,
+    help: 'Writes refused with 503 because the group-commit queue or the connection pool was saturated, by batcher.',
+    labelNames: ['batcher'] as const,
+    registers: [this.registry],
+  });
+
+  /** Read at scrape time, so the hot path does not update a gauge per item. */
+  observeQueue(name: string, depth: () => number): void {
+    this.queueSources.set(name, depth);
+  }
+
   /** The pool the two pool gauges read at scrape time (see observePool). */
   private pool: PoolCounts | undefined;
 
@@ -141,6 +186,12 @@ export class Metrics {
   }
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
-    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    if (opts.defaultMetrics) {
+      // Standard names, no prefix: stock Node.js / process dashboards and alerts find them as they are.
+      collectDefaultMetrics({ register: this.registry });
+      // prom-client also exports these three gauges under a `_total` name, which Prometheus reserves for
+      // counters (`promtool check metrics` flags them); the same values stay available without the suffix.
+      for (const name of DEPRECATED_DEFAULT_GAUGES) this.registry.removeSingleMetric(name);
+    }
   }
 }

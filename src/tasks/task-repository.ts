@@ -1,6 +1,6 @@
 import { sql, type Kysely, type RawBuilder } from 'kysely';
 import type { Pool } from 'pg';
-import { runPrepared } from '../db/prepared';
+import { runPrepared, runRaw } from '../db/prepared';
 import type { Database, TaskEventRow, TaskRow } from '../db/schema';
 import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
 
@@ -93,6 +93,39 @@ export interface ListFilter {
 
 /** A value as jsonb; undefined and null become SQL NULL (not a JSON null, which `coalesce` would keep). */
 const json = (v: unknown): RawBuilder<unknown> => sql`${v === undefined || v === null ? null : JSON.stringify(v)}::jsonb`;
+
+/**
+ * The group-commit create: insert what is new (the unique constraint decides, never a prior check), write
+ * each creation event, detect waiting callbacks, and return the rows that already existed, in one statement.
+ */
+const INSERT_MANY_SQL = `
+  with input as (
+    select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::timestamptz[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::integer[])
+      as v(id, partner, request_no, kind, payload, notify_url, metadata, body_hash, next_check_at, lease_owner, expires_at, created_at, lease_ms)
+  ), inserted as (
+    insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
+                       next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
+    select id, partner, request_no, kind, 'pending', payload::jsonb, notify_url, metadata::jsonb, body_hash,
+           -- (issue 7) the dispatcher's lease runs by the database's clock, apart from the due time
+           next_check_at, lease_owner, now() + lease_ms * interval '1 millisecond', expires_at, created_at, created_at
+    from input
+    order by partner, request_no
+    on conflict (partner, request_no) do nothing
+    returning *
+  ), created_event as (
+    insert into task_events (task_id, at, from_status, to_status, source)
+    select id, created_at, null, 'pending', 'api' from inserted
+  )
+  select inserted.*, true as was_inserted, exists (
+    select 1 from callback_inbox i
+    where i.partner = inserted.partner and i.request_no = inserted.request_no and i.outcome = 'queued'
+  ) as has_queued_callbacks
+  from inserted
+  union all
+  select t.*, false, false
+  from input v join tasks t on t.partner = v.partner and t.request_no = v.request_no`;
+
 const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${values}::text[]`;
 
 /**
@@ -101,6 +134,167 @@ const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${valu
  * second. The quarter second over a second absorbs the time from a claim to its call leaving.
  */
 export const ON_DEMAND_MIN_GAP_MS = 1250;
+
+/**
+ * The rules of a status change, shared by every statement that moves tasks. It reads the moves from a CTE
+ * `v` (one row per move: the columns {@link transitionArrays} fills) and claimable inbox rows from a CTE
+ * `inbox`, and defines:
+ * - `cur`: each task row, locked, in id order (so overlapping batches lock in one order);
+ * - `upd`: the move, only from an allowed source status and with the fence held;
+ * - `moved_event`: one event per applied move (none for a quiet one);
+ * - `conflict_event`: a definitive report contradicting a final status, recorded and not applied.
+ */
+export const TRANSITION_CORE_SQL = `
+  cur as (
+    select t.id, t.status, v.ord
+    from tasks t join v on t.id = v.task_id
+    where v.inbox_id is null or exists (select 1 from inbox where inbox.id = v.inbox_id)
+    order by t.id
+    for update of t
+  ), upd as (
+    update tasks t set
+      status = v.to_status,
+      updated_at = v.now,
+      result = case when v.set_result then v.result::jsonb else t.result end,
+      error = case when v.set_error then v.error::jsonb else t.error end,
+      settled_by = coalesce(v.settled_by, t.settled_by),
+      -- (issue 7) Giving the lease up (all but keep_lease) also runs an on-demand check asked for under
+      -- it: check_requested_at is folded into next_check_at (coalesced to ON_DEMAND_MIN_GAP_MS after the
+      -- last check), then cleared. A final move (next check null) stays null.
+      next_check_at = case
+        when v.keep_lease or t.check_requested_at is null
+             or (case when v.set_next_check then v.next_check_at else t.next_check_at end) is null
+          then case when v.set_next_check then v.next_check_at else t.next_check_at end
+        else least(case when v.set_next_check then v.next_check_at else t.next_check_at end,
+                   greatest(t.check_requested_at, t.last_check_at + interval '${ON_DEMAND_MIN_GAP_MS} milliseconds')) end,
+      check_requested_at = case when v.keep_lease then t.check_requested_at else null end,
+      dispatched_at = case when v.mark_dispatched then coalesce(t.dispatched_at, v.now) else t.dispatched_at end,
+      dispatch_attempts = t.dispatch_attempts + case when v.inc_dispatch then 1 else 0 end,
+      last_dispatch_outcome = case when v.set_ldo then v.ldo else t.last_dispatch_outcome end,
+      completed_at = case when v.completes then v.now else t.completed_at end,
+      check_attempts = t.check_attempts + case when v.inc_check then 1 else 0 end,
+      lease_owner = case when v.keep_lease then t.lease_owner else null end,
+      lease_expires_at = case when v.keep_lease then t.lease_expires_at else null end
+    from cur join v on v.ord = cur.ord
+    where t.id = cur.id
+      and cur.status = any(string_to_array(v.from_list, ','))
+      and (not v.has_fence or t.lease_owner = v.fence)
+    returning t.*, cur.status as from_status, cur.ord as moved_ord
+  ), moved_event as (
+    insert into task_events (task_id, at, from_status, to_status, source, detail)
+    select upd.id, v.now, upd.from_status, upd.status, v.source, v.detail::jsonb
+    from upd join v on v.ord = upd.moved_ord
+    where not v.quiet
+  ), conflict_event as (
+    insert into task_events (task_id, at, from_status, to_status, source, detail)
+    select cur.id, v.now, cur.status, cur.status, v.source,
+           coalesce(v.detail::jsonb, '{}'::jsonb) || jsonb_build_object('type', 'conflict', 'reported', v.reported)
+    from cur join v on v.ord = cur.ord
+    where v.reported in ('succeeded', 'failed')
+      and cur.status in ('${FINAL_STATUSES.join("', '")}')
+      and cur.status <> v.reported
+      and not exists (select 1 from upd where upd.moved_ord = cur.ord)
+    returning task_id
+  )`;
+
+/** The columns of the `v` CTE, in order, with their array types. */
+export const TRANSITION_COLUMNS = [
+  ['task_id', 'uuid'], ['to_status', 'text'], ['from_list', 'text'], ['has_fence', 'boolean'], ['fence', 'text'],
+  ['source', 'text'], ['now', 'timestamptz'], ['reported', 'text'], ['detail', 'text'], ['inbox_id', 'bigint'],
+  ['quiet', 'boolean'], ['set_result', 'boolean'], ['result', 'text'], ['set_error', 'boolean'], ['error', 'text'],
+  ['settled_by', 'text'], ['set_next_check', 'boolean'], ['next_check_at', 'timestamptz'], ['mark_dispatched', 'boolean'],
+  ['inc_dispatch', 'boolean'], ['set_ldo', 'boolean'], ['ldo', 'text'], ['inc_check', 'boolean'], ['keep_lease', 'boolean'],
+  ['completes', 'boolean'],
+] as const;
+
+const TRANSITION_MANY_SQL = `
+  with v as (
+    select * from unnest(${TRANSITION_COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ')})
+      with ordinality as v(${TRANSITION_COLUMNS.map(([name]) => name).join(', ')}, ord)
+  ), inbox as (
+    select i.id from callback_inbox i join v on i.id = v.inbox_id
+    where i.outcome = 'queued'
+    order by i.id
+    for update of i
+  ), ${TRANSITION_CORE_SQL.trim()},
+  inbox_marked as (
+    update callback_inbox i set
+      task_id = v.task_id,
+      matched_at = v.now,
+      outcome = case when exists (select 1 from upd where upd.moved_ord = v.ord) then 'applied'
+                     when exists (select 1 from conflict_event c where c.task_id = v.task_id) then 'conflict'
+                     else 'ignored' end
+    from v join cur on cur.ord = v.ord
+    where i.id = v.inbox_id and i.id in (select id from inbox)
+  )
+  select v.ord as batch_ord, cur.status as current_status,
+         exists (select 1 from inbox where inbox.id = v.inbox_id) as inbox_claimed,
+         exists (select 1 from conflict_event c where c.task_id = v.task_id) as conflicted,
+         upd.*
+  from v
+  left join cur on cur.ord = v.ord
+  left join upd on upd.moved_ord = v.ord`;
+
+export type TransitionRow = TaskRow & {
+  batch_ord: number | string;
+  current_status: TaskStatus | null;
+  from_status: TaskStatus | null;
+  moved_ord: number | string | null;
+  conflicted: boolean;
+  inbox_claimed: boolean;
+};
+
+const jsonText = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
+
+/** One array per column of `v` for these moves (the parameters of {@link TRANSITION_MANY_SQL}). */
+export function transitionArrays(specs: readonly TransitionSpec[]): unknown[][] {
+  const cols: unknown[][] = TRANSITION_COLUMNS.map(() => []);
+  for (const spec of specs) {
+    const c = spec.changes ?? {};
+    const row: unknown[] = [
+      spec.taskId,
+      spec.to,
+      (spec.from ?? allowedSources(spec.to)).join(','),
+      spec.fence !== undefined,
+      spec.fence ?? null,
+      spec.source,
+      spec.now.toISOString(),
+      spec.reported ?? null,
+      jsonText(spec.detail),
+      spec.inboxId ?? null,
+      spec.quiet ?? false,
+      'result' in c,
+      jsonText(c.result),
+      'error' in c,
+      jsonText(c.error),
+      c.settledBy ?? null,
+      c.nextCheckAt !== undefined,
+      c.nextCheckAt ? c.nextCheckAt.toISOString() : null,
+      c.markDispatched ?? false,
+      c.incrementDispatchAttempts ?? false,
+      c.lastDispatchOutcome !== undefined,
+      c.lastDispatchOutcome ?? null,
+      c.incrementCheckAttempts ?? false,
+      c.keepLease ?? false,
+      FINAL_STATUSES.includes(spec.to) || spec.to === 'expired',
+    ];
+    row.forEach((value, k) => cols[k]!.push(value));
+  }
+  return cols;
+}
+
+/** What one row of the transition statement means for its move. */
+export function transitionResult(row: TransitionRow, inboxId: number | null): TransitionResult {
+  if (row.current_status === null) {
+    return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
+  }
+  if (row.from_status !== null) {
+    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, ...task } = row as TransitionRow & Record<string, unknown>;
+    return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
+  }
+  return { outcome: row.conflicted ? 'conflict' : 'ignored', previousStatus: row.current_status };
+}
+
 const onDemandGap = sql`${ON_DEMAND_MIN_GAP_MS} * interval '1 millisecond'`;
 
 /** A lease is live while its expiry is ahead of the DATABASE's clock: replicas' clocks never decide it. */
@@ -172,6 +366,76 @@ export class TaskRepository {
     return { inserted: false, existing };
   }
 
+  /**
+   * Group commit of many creates: one statement inserts every new task with its creation event and says,
+   * per inserted task, whether callbacks are already waiting for it. Answers one result per input, in
+   * order, exactly as running {@link insert} for each in turn would: within the batch the first item of a
+   * `(partner, requestNo)` is the one inserted and later ones see it as existing.
+   *
+   * Rows are inserted in `(partner, request_no)` order, so two batches with overlapping keys wait for each
+   * other in one order and cannot deadlock.
+   */
+  async insertMany(tasks: readonly NewTask[]): Promise<InsertResult[]> {
+    const keyOf = (t: { partner: string; requestNo: string }) => `${t.partner}\u0000${t.requestNo}`;
+    const leaders = new Map<string, NewTask>();
+    for (const t of tasks) if (!leaders.has(keyOf(t))) leaders.set(keyOf(t), t);
+
+    const settled = new Map<string, InsertResult>();
+    let pending = [...leaders.values()];
+    // A conflicting row committed after this statement's snapshot was taken is invisible to it; the next
+    // round's fresh snapshot sees it (or inserts, if it was deleted meanwhile).
+    for (let round = 0; pending.length > 0; round++) {
+      if (round >= 5) throw new Error('insertMany: a conflicting row stayed invisible after 5 rounds');
+      const rows = await this.insertRound(pending);
+      const byKey = new Map(rows.map((r) => [`${r.partner}\u0000${r.request_no}`, r]));
+      const missing: NewTask[] = [];
+      for (const t of pending) {
+        const row = byKey.get(keyOf(t));
+        if (!row) {
+          missing.push(t);
+          continue;
+        }
+        const { was_inserted: wasInserted, has_queued_callbacks: hasQueuedCallbacks, ...task } = row;
+        settled.set(keyOf(t), wasInserted ? { inserted: true, task, hasQueuedCallbacks } : { inserted: false, existing: task });
+      }
+      pending = missing;
+    }
+    return tasks.map((t) => {
+      const leader = leaders.get(keyOf(t))!;
+      const r = settled.get(keyOf(t))!;
+      if (leader === t) return r;
+      return { inserted: false, existing: r.inserted ? r.task : r.existing };
+    });
+  }
+
+  private async insertRound(tasks: readonly NewTask[]) {
+    const cols = {
+      id: [] as string[], partner: [] as string[], requestNo: [] as string[], kind: [] as (string | null)[], payload: [] as string[],
+      notifyUrl: [] as (string | null)[], metadata: [] as (string | null)[], bodyHash: [] as string[], nextCheckAt: [] as string[],
+      leaseOwner: [] as string[], expiresAt: [] as string[], createdAt: [] as string[], leaseMs: [] as number[],
+    };
+    for (const t of tasks) {
+      cols.id.push(t.id);
+      cols.partner.push(t.partner);
+      cols.requestNo.push(t.requestNo);
+      cols.kind.push(t.kind);
+      cols.payload.push(JSON.stringify(t.payload));
+      cols.notifyUrl.push(t.notifyUrl);
+      cols.metadata.push(t.metadata === undefined || t.metadata === null ? null : JSON.stringify(t.metadata));
+      cols.bodyHash.push(t.bodyHash);
+      cols.nextCheckAt.push(t.nextCheckAt.toISOString());
+      cols.leaseOwner.push(t.leaseOwner);
+      cols.expiresAt.push(t.expiresAt.toISOString());
+      cols.createdAt.push(t.createdAt.toISOString());
+      cols.leaseMs.push(Math.round(t.leaseMs));
+    }
+    const { rows } = await runRaw<TaskRow & { was_inserted: boolean; has_queued_callbacks: boolean }>(this.db, this.pool, 'cr_insert_many', INSERT_MANY_SQL, [
+      cols.id, cols.partner, cols.requestNo, cols.kind, cols.payload, cols.notifyUrl, cols.metadata, cols.bodyHash,
+      cols.nextCheckAt, cols.leaseOwner, cols.expiresAt, cols.createdAt, cols.leaseMs,
+    ]);
+    return rows;
+  }
+
   async findById(id: string): Promise<TaskRow | undefined> {
     return this.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
   }
@@ -240,76 +504,41 @@ export class TaskRepository {
    * fence matches), write the event; or, when the report contradicts a final status, write a conflict event.
    */
   async transition(spec: TransitionSpec): Promise<TransitionResult> {
-    const from = spec.from ?? allowedSources(spec.to);
-    const c = spec.changes ?? {};
-    const sets: RawBuilder<unknown>[] = [sql`status = ${spec.to}`, sql`updated_at = ${spec.now}`];
-    if ('result' in c) sets.push(sql`result = ${json(c.result)}`);
-    if ('error' in c) sets.push(sql`error = ${json(c.error)}`);
-    if (c.settledBy) sets.push(sql`settled_by = ${c.settledBy}`);
-    // (issue 7) Giving the lease up (the default) also runs an on-demand check asked for under it:
-    // `nextCheckOnRelease` folds check_requested_at into next_check_at. keepLease leaves both alone.
-    if (!c.keepLease) {
-      const next = c.nextCheckAt !== undefined ? sql`${c.nextCheckAt}::timestamptz` : sql`t.next_check_at`;
-      sets.push(sql`next_check_at = ${nextCheckOnRelease(next)}`, sql`check_requested_at = null`);
-    } else if (c.nextCheckAt !== undefined) sets.push(sql`next_check_at = ${c.nextCheckAt}`);
-    if (c.markDispatched) sets.push(sql`dispatched_at = coalesce(t.dispatched_at, ${spec.now})`);
-    if (c.incrementDispatchAttempts) sets.push(sql`dispatch_attempts = t.dispatch_attempts + 1`);
-    if (c.lastDispatchOutcome !== undefined) sets.push(sql`last_dispatch_outcome = ${c.lastDispatchOutcome}`);
-    if (FINAL_STATUSES.includes(spec.to) || spec.to === 'expired') sets.push(sql`completed_at = ${spec.now}`);
-    if (c.incrementCheckAttempts) sets.push(sql`check_attempts = t.check_attempts + 1`);
-    if (!c.keepLease) sets.push(sql`lease_owner = null`, sql`lease_expires_at = null`);
-    const fence = spec.fence === undefined ? sql`true` : sql`t.lease_owner = ${spec.fence}`;
-    const detail = spec.detail ?? null;
-    const reported = spec.reported ?? null;
+    return (await this.transitionMany([spec]))[0]!;
+  }
 
-    const inboxId = spec.inboxId ?? null;
-    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow & { current_status: TaskStatus | null; from_status: TaskStatus | null; conflicts: number; inbox_claimed: boolean }>`
-      with inbox as (
-        select id from callback_inbox where id = ${inboxId}::bigint and outcome = 'queued' for update
-      ), cur as (
-        select id, status from tasks
-        where id = ${spec.taskId}::uuid and (${inboxId}::bigint is null or exists (select 1 from inbox))
-        for update
-      ), upd as (
-        update tasks t set ${sql.join(sets)}
-        from cur
-        where t.id = cur.id and cur.status = any(${textArray(from)}) and ${fence}
-        returning t.*, cur.status as from_status
-      ), moved_event as (
-        insert into task_events (task_id, at, from_status, to_status, source, detail)
-        select id, ${spec.now}, from_status, status, ${spec.source}, ${json(detail)} from upd where not ${spec.quiet ?? false}
-      ), conflict_event as (
-        insert into task_events (task_id, at, from_status, to_status, source, detail)
-        select cur.id, ${spec.now}, cur.status, cur.status, ${spec.source},
-               coalesce(${json(detail)}, '{}'::jsonb) || jsonb_build_object('type', 'conflict', 'reported', ${reported}::text)
-        from cur
-        where ${reported}::text in ('succeeded', 'failed')
-          and cur.status = any(${textArray(FINAL_STATUSES)})
-          and cur.status <> ${reported}::text
-          and not exists (select 1 from upd)
-        returning 1
-      ), inbox_marked as (
-        update callback_inbox set
-          task_id = ${spec.taskId}::uuid,
-          matched_at = ${spec.now},
-          outcome = case when exists (select 1 from upd) then 'applied'
-                         when exists (select 1 from conflict_event) then 'conflict'
-                         else 'ignored' end
-        where id = (select id from inbox) and exists (select 1 from cur)
-      )
-      select (select status from cur) as current_status, (select count(*) from conflict_event) as conflicts,
-             exists (select 1 from inbox) as inbox_claimed, upd.*
-      from (select 1) as one left join upd on true`);
+  /**
+   * Many moves in one statement (group commit), each with exactly the rules of a lone {@link transition}:
+   * allowed sources, fence, one event per change, conflicts recorded and never applied, an inbox row
+   * claimed at most once. Moves of one task are never in the same statement: they run in order, each in a
+   * statement of its own, so each sees the previous one's result.
+   */
+  async transitionMany(specs: readonly TransitionSpec[]): Promise<TransitionResult[]> {
+    const results: TransitionResult[] = new Array(specs.length);
+    let pending = specs.map((spec, i) => ({ spec, i }));
+    while (pending.length > 0) {
+      const seen = new Set<string>();
+      const round: typeof pending = [];
+      const later: typeof pending = [];
+      for (const p of pending) {
+        if (seen.has(p.spec.taskId)) later.push(p);
+        else {
+          seen.add(p.spec.taskId);
+          round.push(p);
+        }
+      }
+      const out = await this.transitionRound(round.map((p) => p.spec));
+      round.forEach((p, k) => (results[p.i] = out[k]!));
+      pending = later;
+    }
+    return results;
+  }
 
-    const row = rows[0]!;
-    if (row.current_status === null) {
-      return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
-    }
-    if (row.from_status !== null) {
-      const { current_status: _c, from_status: _f, conflicts: _n, inbox_claimed: _i, ...task } = row;
-      return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow };
-    }
-    return { outcome: row.conflicts > 0 ? 'conflict' : 'ignored', previousStatus: row.current_status };
+  private async transitionRound(specs: readonly TransitionSpec[]): Promise<TransitionResult[]> {
+    const a = transitionArrays(specs);
+    const { rows } = await runRaw<TransitionRow>(this.db, this.pool, 'cr_transition_many', TRANSITION_MANY_SQL, a);
+    const byOrd = new Map(rows.map((r) => [Number(r.batch_ord), r]));
+    return specs.map((spec, k) => transitionResult(byOrd.get(k + 1)!, spec.inboxId ?? null));
   }
 
   /**

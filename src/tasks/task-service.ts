@@ -9,7 +9,8 @@ import { HttpProblem } from '../http/problem';
 import type { Metrics } from '../observability/metrics';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { isFinal, type TaskStatus } from './task';
-import type { TaskRepository } from './task-repository';
+import type { InsertResult, NewTask, TaskRepository } from './task-repository';
+import { rethrowAsBusy } from '../http/busy';
 import { isValidRequestNo, type ApiTask, type CreateTaskBody } from './task-schemas';
 import type { TaskNotifier } from './task-transitions';
 
@@ -37,6 +38,11 @@ export interface TaskServiceDeps {
   applyQueuedCallbacks: (task: TaskRow) => Promise<TaskRow | undefined>;
   /** Tells the reconciler a task becomes due at `at`, so it checks then rather than at its next tick. */
   nudgeReconciler: (at: Date) => void;
+  /**
+   * Stores a new task: the group-commit batcher in the service (many creates, one statement); the
+   * repository's single-row insert when absent.
+   */
+  insertTask?: (task: NewTask) => Promise<InsertResult>;
 }
 
 export type CreateResult = { created: true; task: TaskRow } | { created: false; task: TaskRow };
@@ -59,7 +65,8 @@ export class TaskService {
     const now = this.deps.clock.now();
     const leaseOwner = `${this.deps.instanceId}:dispatch:${randomUUID()}`;
     const hash = bodyHash({ ...body, requestNo });
-    const result = await this.deps.repo.insert({
+    const insert = this.deps.insertTask ?? ((t: NewTask) => this.deps.repo.insert(t));
+    const result = await insert({
       id: uuidv7({ msecs: now.getTime() }),
       partner: body.partner,
       requestNo,
@@ -73,7 +80,7 @@ export class TaskService {
       leaseOwner,
       leaseMs: partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS,
       nextCheckAt: new Date(now.getTime() + partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
-    });
+    }).catch((err: unknown) => rethrowAsBusy(err, () => this.deps.metrics.batchRefused.inc({ batcher: 'create' })));
     if (!result.inserted) {
       if (result.existing.body_hash !== hash) {
         throw new HttpProblem(409, `partner "${body.partner}" already has a task with requestNo "${requestNo}" and a different body`);

@@ -68,22 +68,40 @@ export class TaskTransitions {
     private readonly metrics: Metrics,
     private readonly notifier: TaskNotifier,
     private readonly logger: Logger,
+    /** Group commit of moves (transitionMany); without it, applyBatched is apply. */
+    private readonly batch?: (spec: TransitionSpec) => Promise<TransitionResult>,
   ) {}
 
+  /**
+   * Like apply, but the move may share one statement (and one commit) with concurrent moves of other tasks:
+   * for high-rate producers such as the dispatcher recording outcomes. Same rules, same result.
+   */
+  async applyBatched(partner: string, spec: TransitionSpec): Promise<TransitionResult> {
+    if (!this.batch) return this.apply(partner, spec);
+    return this.record(partner, spec, await this.batch(spec));
+  }
+
   async apply(partner: string, spec: TransitionSpec): Promise<TransitionResult> {
-    const result = await this.repo.transition(spec);
+    return this.record(partner, spec, await this.repo.transition(spec));
+  }
+
+  /**
+   * Counts a move made by some statement and tells in-process waiters. For statements that move tasks as
+   * part of other work (storing and applying a callback at once); apply() calls it for its own moves.
+   */
+  record(partner: string, spec: TransitionSpec, result: TransitionResult): TransitionResult {
     if (result.outcome === 'applied' && result.task) {
       const from = result.previousStatus as TaskStatus;
       if (from !== spec.to) {
         this.metrics.taskTransitions.inc({ partner, from, to: spec.to, source: spec.source });
         if (isFinal(spec.to) || spec.to === 'expired') {
-          this.logger.debug({ taskId: spec.taskId, from, to: spec.to, source: spec.source }, 'task settled');
+          this.logger.debug({ taskId: result.task.id, from, to: spec.to, source: spec.source }, 'task settled');
         }
       }
       this.notifier.changed(result.task);
     } else if (result.outcome === 'conflict') {
       this.metrics.settlementConflicts.inc({ partner });
-      this.logger.warn({ taskId: spec.taskId, current: result.previousStatus, reported: spec.reported, source: spec.source }, 'report contradicts a final status; recorded, not applied');
+      this.logger.warn({ taskId: result.task?.id ?? spec.taskId, current: result.previousStatus, reported: spec.reported, source: spec.source }, 'report contradicts a final status; recorded, not applied');
     }
     return result;
   }

@@ -67,6 +67,8 @@ test('SIGTERM drains: new connections refused, the request in flight answered, J
     HOST: '127.0.0.1',
     LOG_LEVEL: 'info',
     API_KEYS: TEST_API_KEY,
+    // This test is about the drain itself; the readiness delay before it is tested in startup-and-drain.test.ts.
+    SHUTDOWN_READINESS_DELAY_MS: '0',
   });
   started.push(svc.child);
   const url = `http://127.0.0.1:${port}`;

@@ -80,8 +80,14 @@ describe('/metrics', () => {
     expect(Object.keys(transition!.labels).sort()).toEqual(['from', 'partner', 'source', 'to']);
     const bucket = samples.find((s) => s.name === `${P}dispatch_duration_seconds_bucket`);
     expect(Object.keys(bucket!.labels).sort()).toEqual(['le', 'outcome', 'partner']);
-    // All metrics of the service carry its prefix (process metrics included).
-    for (const name of types.keys()) expect(name.startsWith(P)).toBe(true);
+    // The product's metrics carry its prefix; process and Node.js metrics keep their standard names (stock
+    // dashboards find them), and so do the HTTP metrics.
+    for (const name of types.keys()) {
+      const standard = /^(process_|nodejs_|http_request)/.test(name);
+      expect({ name, prefixed: name.startsWith(P) }).toEqual({ name, prefixed: !standard });
+    }
+    expect(types.get('process_cpu_seconds_total')).toBe('counter');
+    expect(types.get('nodejs_heap_size_used_bytes')).toBe('gauge');
   });
 });
 

@@ -69,6 +69,8 @@ export async function startTestService(opts: TestServiceOptions): Promise<TestSe
     DATABASE_URL: opts.db.url,
     LOG_LEVEL: 'silent',
     SHUTDOWN_TIMEOUT_MS: '2000',
+    // Tests stop services many times; the readiness delay has its own test (startup-and-drain.test.ts).
+    SHUTDOWN_READINESS_DELAY_MS: '0',
     ...opts.env,
   });
   const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
