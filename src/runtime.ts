@@ -44,6 +44,9 @@ export const INBOX_SAFETY_NET_INTERVAL_MS = 1000;
 /** How often the delivery worker looks for notifications written by other replicas or due for a retry. */
 export const NOTIFY_POLL_MS = 1000;
 
+/** Part of SHUTDOWN_TIMEOUT_MS kept for handing claims back and closing the pool (at most a fifth of it). */
+const STOP_RESERVE_MS = 1000;
+
 /** A check is at most a status query and then a dispatch, each bounded by its timeout. */
 function worstCheckMs(partner: PartnerConfig | undefined): number {
   return partner ? partner.status.timeoutMs + partner.dispatch.timeoutMs : 0;
@@ -190,6 +193,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     logger,
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
+    onDue: (at) => reconciler.nudgeAt(at),
   });
   // The same outbox and wake as the repo's: a callback stored and applied in one statement notifies too.
   const inbox = new InboxRepository(database.db, database.pool, finalEffects);
@@ -214,9 +218,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     clock,
     logger,
     lookupTimeoutMs: config.callbackLookupTimeoutMs,
+    // A poll hint is an on-demand check: coalesced per task, and never moving a leased task's schedule.
     requestCheck: async (taskId) => {
-      await repo.makeDue(taskId, clock.now());
-      reconciler.nudge();
+      const r = await repo.requestCheck(taskId, clock.now());
+      if (r?.dueAt) reconciler.nudgeAt(r.dueAt);
     },
   });
   const createBatcher = new Batcher<NewTask, InsertResult>({
@@ -237,7 +242,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     logger,
     instanceId,
     applyQueuedCallbacks: (task) => callbacks.applyQueuedFor(task),
-    nudgeReconciler: () => reconciler.nudge(),
+    nudgeReconciler: (at) => reconciler.nudgeAt(at),
     crossReplicaWake: () => wakeListener?.isLive ?? false,
     checkNotifyUrl: (url): Promise<void> => notifications.checkNotifyUrl(url),
   });
@@ -327,7 +332,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   let stopped: Promise<void> | undefined;
   const stop = (stopOpts: { readinessDelayMs?: number } = {}) =>
     (stopped ??= (async () => {
+      // One budget for the whole drain (SHUTDOWN_TIMEOUT_MS), less a reserve for handing claims back and
+      // closing the pool, so the process exits 0 in time whatever partners and clients do.
+      const reserveMs = Math.min(STOP_RESERVE_MS, config.shutdownTimeoutMs / 5);
+      const deadline = Date.now() + config.shutdownTimeoutMs - reserveMs;
       drain.begin();
+      // Stop claiming at once: the sweep in flight hands back what it has not started (due at once for
+      // another replica) and its checks in flight finish, until the deadline.
+      const reconcilerStopped = reconciler.stop(deadline);
       // Still serving, but /readyz says 503: load balancers take the replica out before its listener closes.
       const readinessDelayMs = stopOpts.readinessDelayMs ?? config.shutdownReadinessDelayMs;
       if (readinessDelayMs > 0) {
@@ -337,13 +349,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // Responses during the drain carry `Connection: close` (see app.ts), so a kept-alive connection closes
       // right after its request in flight is answered and no client sends a new request on a socket we are
-      // about to close. Idle ones close now; whatever is left is cut at the shutdown timeout.
+      // about to close. Idle ones close now; whatever is left is cut at the deadline.
       server.closeIdleConnections();
-      const forced = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+      const forced = setTimeout(() => server.closeAllConnections(), Math.max(0, deadline - Date.now()));
       await closed;
       clearTimeout(forced);
-      await Promise.all([inboxSafetyNet.stop(), reconciler.stop(), housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain(), wakeListener?.stop()]);
-      await dispatcher.drain();
+      await Promise.all([inboxSafetyNet.stop(), reconcilerStopped, housekeeping.stop(), createBatcher.drain(), callbackBatcher.drain(), wakeListener?.stop()]);
+      // Dispatches in flight finish (until the deadline); queued ones are handed back, and every
+      // hand-back statement is awaited before the pool closes.
+      await dispatcher.drain(deadline);
       await transitionBatcher.drain();
       // After the last batched move: outbox rows it wrote are picked up now or by another replica later.
       await deliveryWorker?.stop();

@@ -449,6 +449,7 @@ async function runCeiling(ctx: ScenarioContext): Promise<CeilingRun> {
         createdAt: now,
         expiresAt: new Date(now.getTime() + partner.reconcile.maxAgeSeconds * 1000),
         leaseOwner: `${instanceId}:dispatch:${randomUUID()}`,
+        leaseMs: partner.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS,
         nextCheckAt: new Date(now.getTime() + partner.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
       };
     };

@@ -337,7 +337,7 @@ async function measureClaim(db: FreshDatabase, rows: number): Promise<ClaimRun> 
         const now = new Date();
         capture = rep === 0;
         const t0 = performance.now();
-        const got = await new TaskRepository(trx).claimDue(now, DEFAULTS.reconcileBatchSize, owner, new Date(now.getTime() + DEFAULTS.reconcileLeaseMs));
+        const got = await new TaskRepository(trx).claimDue(now, DEFAULTS.reconcileBatchSize, owner, DEFAULTS.reconcileLeaseMs, [BENCH_PARTNER_ID]);
         const t = performance.now() - t0;
         capture = false;
         if (rep >= SETTINGS.claimWarmupReps) {

@@ -29,7 +29,12 @@ export interface TasksTable {
   next_check_at: NullableTimestamp;
   /** Claim fence: the token of whoever may act on the task until `lease_expires_at`. */
   lease_owner: string | null;
+  /** The database's clock (`now()`), never a replica's: a lease is live while this is after `now()`. */
   lease_expires_at: NullableTimestamp;
+  /** An on-demand check asked for under a live lease; folded into `next_check_at` when the lease is given up. */
+  check_requested_at: NullableTimestamp;
+  /** When the reconciler last claimed the task for a check: on-demand checks are coalesced against it. */
+  last_check_at: NullableTimestamp;
   /** created_at + the partner's maxAgeSeconds: past it, an open task expires. */
   expires_at: Timestamp;
   created_at: Timestamp;

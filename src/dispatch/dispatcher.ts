@@ -12,7 +12,7 @@ import {
   AMBIGUOUS_RECHECK_MS,
   capAtExpiry,
   checkDelayMs,
-  RETRY_AFTER_CAP_MS,
+  retryAfterDelayMs,
   transientRetryDelayMs,
 } from '../tasks/schedule';
 
@@ -31,7 +31,15 @@ export interface DispatcherDeps {
   concurrency: number;
   /** Where each attempt is recorded for the task's story. */
   callLog?: PartnerCallLog;
+  /**
+   * Told when a recorded outcome left the task due already (an on-demand check was asked for while the
+   * dispatch held the lease), so the reconciler checks it now rather than at its next tick.
+   */
+  onDue?: (at: Date) => void;
 }
+
+/** What dispatchNow came to: the partner's answer, `not_held` (the lease is no longer ours: nothing sent), or undefined (unknown partner). */
+export type DispatchNowResult = DispatchResult | 'not_held' | undefined;
 
 interface Job {
   task: TaskRow;
@@ -46,6 +54,8 @@ interface Job {
 export class Dispatcher {
   private readonly queue: Job[] = [];
   private readonly inFlight = new Set<Promise<void>>();
+  /** Claims being given back: drain awaits them, so none is cut off by the pool closing. */
+  private readonly handBacks = new Set<Promise<void>>();
   private readonly maxQueued: number;
   private accepting = true;
 
@@ -72,11 +82,25 @@ export class Dispatcher {
     setImmediate(() => this.pump());
   }
 
-  /** Stops taking work, hands queued tasks back to the reconciler, and waits for dispatches in flight. */
-  async drain(): Promise<void> {
+  /**
+   * Stops taking work, hands queued tasks back to the reconciler (due at once), waits for dispatches in
+   * flight until `deadline` (epoch ms; their leases lapse on their own if they outlive it), and waits for
+   * every hand-back statement, so the pool is never closed under one.
+   */
+  async drain(deadline = Number.POSITIVE_INFINITY): Promise<void> {
     this.accepting = false;
     for (const job of this.queue.splice(0)) this.giveUp(job);
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    while (this.inFlight.size > 0) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        this.deps.logger.warn({ inFlight: this.inFlight.size }, 'dispatches still in flight at the shutdown deadline; their leases will lapse');
+        break;
+      }
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled([...this.inFlight]), new Promise((r) => (timer = setTimeout(r, left)))]);
+      clearTimeout(timer);
+    }
+    while (this.handBacks.size > 0) await Promise.allSettled([...this.handBacks]);
   }
 
   get activeCount(): number {
@@ -87,12 +111,17 @@ export class Dispatcher {
    * Sends one dispatch for a task whose lease `fence` the caller holds, and records the outcome with one
    * conditional update fenced on that lease. Used for first dispatches and by the reconciler for re-sends.
    */
-  async dispatchNow(task: TaskRow, fence: string): Promise<DispatchResult | undefined> {
+  async dispatchNow(task: TaskRow, fence: string): Promise<DispatchNowResult> {
     const client = this.deps.partners.get(task.partner);
     if (!client) {
       this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task refers to a partner that is no longer configured');
       return undefined;
     }
+    // The fence, checked again right before the call (not only on the write): the lease must still be
+    // ours and outlast the whole attempt by the database's clock. (A re-send after a transient failure is
+    // marked "ask first" beforehand by the checker's beginResend.)
+    const minLeftMs = client.config.dispatch.timeoutMs + LEASE_SAFETY_MARGIN_MS;
+    if (!(await this.deps.repo.confirmLease(task.id, fence, minLeftMs))) return 'not_held';
     const startedAt = this.deps.clock.now();
     const result = await client.dispatch({
       requestNo: task.request_no,
@@ -119,7 +148,9 @@ export class Dispatcher {
     const { metrics } = this.deps;
     metrics.dispatchDuration.observe({ partner: task.partner, outcome: result.kind }, result.durationMs / 1000);
     if (result.error) metrics.partnerErrors.inc({ partner: task.partner, operation: 'dispatch', class: result.error.class });
-    await this.record(client.config, task, fence, { ...result, kind: result.kind });
+    const recorded = await this.record(client.config, task, fence, { ...result, kind: result.kind });
+    const next = recorded.task?.next_check_at;
+    if (recorded.outcome === 'applied' && next && new Date(next).getTime() <= this.deps.clock.now().getTime()) this.deps.onDue?.(new Date(next));
     return result;
   }
 
@@ -136,15 +167,9 @@ export class Dispatcher {
 
   private async runJob(job: Job): Promise<void> {
     const { task, leaseOwner } = job;
-    const timeoutMs = this.deps.partners.get(task.partner)?.config.dispatch.timeoutMs ?? 0;
-    const leaseLeftMs = new Date(task.lease_expires_at ?? 0).getTime() - this.deps.clock.now().getTime();
-    if (leaseLeftMs < timeoutMs + LEASE_SAFETY_MARGIN_MS) {
-      // Waited too long in the queue: another replica may take the task over any moment.
-      this.giveUp(job);
-      return;
-    }
     try {
-      await this.dispatchNow(task, leaseOwner);
+      // Waited too long in the queue (the lease would not cover the attempt) or lost it: hand it back.
+      if ((await this.dispatchNow(task, leaseOwner)) === 'not_held') this.giveUp(job);
     } catch (err) {
       // The outcome could not be recorded (database trouble). The lease runs out and the reconciler
       // asks the partner before doing anything else, so nothing is lost or sent blindly twice.
@@ -153,9 +178,13 @@ export class Dispatcher {
   }
 
   private giveUp(job: Job): void {
-    this.deps.repo.releaseLease(job.task.id, job.leaseOwner, this.deps.clock.now()).catch((err: unknown) => {
-      this.deps.logger.warn({ err, taskId: job.task.id }, 'could not release dispatch claim; it will lapse on its own');
-    });
+    const handBack: Promise<void> = this.deps.repo
+      .releaseLease(job.task.id, job.leaseOwner, this.deps.clock.now())
+      .catch((err: unknown) => {
+        this.deps.logger.warn({ err, taskId: job.task.id }, 'could not release dispatch claim; it will lapse on its own');
+      })
+      .finally(() => this.handBacks.delete(handBack));
+    this.handBacks.add(handBack);
   }
 
   private record(partner: PartnerConfig, task: TaskRow, fence: string, result: DispatchResult & { kind: Exclude<DispatchResult['kind'], 'deferred'> }): Promise<TransitionResult> {
@@ -171,7 +200,13 @@ export class Dispatcher {
       case 'received': {
         const report = result.report;
         if (report && report.status !== 'processing') {
-          return apply({
+          // (issue 7, item 3) A definitive report is applied whatever touched the task during the call (a
+          // "processing" callback, a re-claim): by the transition rules, not by the fence. One that
+          // contradicts a final status is recorded as a conflict, as from any other source.
+          return this.deps.transitions.applyBatched(task.partner, {
+            taskId: task.id,
+            source: 'dispatch',
+            now,
             to: report.status,
             reported: report.status,
             detail,
@@ -205,14 +240,29 @@ export class Dispatcher {
           changes: { error: result.error, nextCheckAt: null, incrementDispatchAttempts: true, lastDispatchOutcome: null },
         });
       case 'transient': {
+        const retryAfter = result.retryAfterMs !== undefined ? retryAfterDelayMs(result.retryAfterMs) : undefined;
         if (attempts >= partner.dispatch.maxAttempts) {
+          // Refused connections prove the partner never got it. A 5xx/429 does not (a gateway's 502 may
+          // follow the partner's receipt): the status endpoint is asked first, 404 there rejects it.
+          if (result.error?.class === 'connect') {
+            return apply({
+              to: 'rejected',
+              detail: { ...detail, reason: 'dispatch attempts exhausted', attempts },
+              changes: { error: result.error, nextCheckAt: null, incrementDispatchAttempts: true, lastDispatchOutcome: null },
+            });
+          }
           return apply({
-            to: 'rejected',
-            detail: { ...detail, reason: 'dispatch attempts exhausted', attempts },
-            changes: { error: result.error, nextCheckAt: null, incrementDispatchAttempts: true, lastDispatchOutcome: null },
+            to: 'pending',
+            detail: { ...detail, reason: 'dispatch attempts exhausted; asking the partner before rejecting', attempts },
+            changes: {
+              error: result.error,
+              nextCheckAt: capAtExpiry(new Date(now.getTime() + (retryAfter ?? AMBIGUOUS_RECHECK_MS)), expiresAt),
+              incrementDispatchAttempts: true,
+              lastDispatchOutcome: 'exhausted',
+            },
           });
         }
-        const delay = result.retryAfterMs !== undefined ? Math.min(result.retryAfterMs, RETRY_AFTER_CAP_MS) : transientRetryDelayMs(attempts);
+        const delay = retryAfter ?? transientRetryDelayMs(attempts);
         return apply({
           to: 'pending',
           detail,

@@ -100,6 +100,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly tasksUnknownPartner = new Counter({
+    name: `${PREFIX}tasks_unknown_partner_total`,
+    help: 'Open tasks found whose partner is no longer configured; not checked again until they expire.',
+    labelNames: ['partner'] as const,
+    registers: [this.registry],
+  });
+
   readonly breakerState = new Gauge({
     name: `${PREFIX}partner_breaker_open`,
     help: 'Circuit breaker per partner on this replica: 1 open or half-open, 0 closed.',

@@ -6,7 +6,9 @@ import type { Dispatcher } from '../dispatch/dispatcher';
 import type { Metrics } from '../observability/metrics';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import { transitionForReport } from '../tasks/report-transition';
-import { capAtExpiry, checkDelayMs, RETRY_AFTER_CAP_MS } from '../tasks/schedule';
+import type { PartnerReport } from '../partners/mapping';
+import type { StatusResult } from '../partners/partner-client';
+import { capAtExpiry, checkDelayMs, retryAfterDelayMs } from '../tasks/schedule';
 import type { TaskRepository } from '../tasks/task-repository';
 import type { TaskTransitions } from '../tasks/task-transitions';
 import type { PartnerCallLog } from '../story/partner-call-log';
@@ -26,8 +28,13 @@ export type CheckOutcome =
   | 'fenced_out'
   | 'unknown_partner';
 
-/** A partner that is not configured any more: look again rarely, an operator has to act. */
-const UNKNOWN_PARTNER_RECHECK_MS = 60 * 60_000;
+/** A partner call is only made while the lease outlasts its timeout by at least this much (database clock). */
+const LEASE_SAFETY_MARGIN_MS = 1000;
+/**
+ * This process never starts a status query of a task sooner than this after the previous one ended (the
+ * claims coalesce on-demand checks across replicas; this takes the claim-to-call jitter out here).
+ */
+export const MIN_STATUS_QUERY_GAP_MS = 1000;
 
 export interface TaskCheckerDeps {
   partners: PartnerRegistry;
@@ -42,16 +49,22 @@ export interface TaskCheckerDeps {
 }
 
 /**
- * What the reconciler does with one claimed task. Every write is fenced on the claim, so a replica whose
- * claim was taken over can no longer change the task.
+ * What the reconciler does with one claimed task. The fence (the lease is still ours) is checked right
+ * before every partner call as well as on every write, so a replica whose claim was taken over can
+ * neither call the partner nor change the task.
  *
- * - past `maxAgeSeconds` → expired;
  * - pending after a transient failure (the request never left) → dispatch again;
- * - any other pending (never dispatched, crashed mid-way, ambiguous) → ask first: 404 → dispatch,
- *   found → adopt the partner's status; never blindly re-send;
- * - dispatched → ask: processing keeps it open on the partner's schedule, an outcome settles it.
+ * - any other pending (never dispatched, crashed mid-way, ambiguous, attempts exhausted on 5xx/429) →
+ *   ask first: 404 → dispatch (or reject once attempts are spent), found → adopt the partner's status;
+ *   never blindly re-send;
+ * - dispatched → ask: processing keeps it open on the partner's schedule, an outcome settles it;
+ * - past `maxAgeSeconds` → ask once more (a final answer wins), then expired;
+ * - a partner no longer configured → left until its expiry, then expired without asking.
  */
 export class TaskChecker {
+  /** When this process last had an answer about a task (the app's clock), oldest first; pruned as it grows. */
+  private readonly lastQueried = new Map<string, number>();
+
   constructor(private readonly deps: TaskCheckerDeps) {}
 
   /**
@@ -59,21 +72,28 @@ export class TaskChecker {
    *   sweep writes a whole batch of them in one statement (they change nothing but the schedule).
    */
   async check(task: TaskRow, fence: string, routine?: Array<{ id: string; nextCheckAt: Date }>): Promise<CheckOutcome> {
+    const now = this.deps.clock.now();
+    const expired = now.getTime() >= new Date(task.expires_at).getTime();
     const client = this.deps.partners.get(task.partner);
     if (!client) {
-      this.deps.logger.error({ taskId: task.id, partner: task.partner }, 'task of a partner that is no longer configured');
-      await this.deps.repo.defer(task.id, fence, new Date(this.deps.clock.now().getTime() + UNKNOWN_PARTNER_RECHECK_MS));
+      if (expired) return this.expire(task, fence, now, { partner: 'not configured' });
+      // Not claimed by a sweep any more (see claimDue); a stray claim parks it until its expiry.
+      await this.deps.repo.defer(task.id, fence, new Date(task.expires_at));
       return 'unknown_partner';
     }
     const partner = client.config;
-    const now = this.deps.clock.now();
-    if (now.getTime() >= new Date(task.expires_at).getTime()) return this.expire(task, fence, now);
-    if (task.status === 'pending' && task.last_dispatch_outcome === 'transient') {
+    if (!expired && task.status === 'pending' && task.last_dispatch_outcome === 'transient') {
       // The attempt about to leave may never be recorded; until it is, the task must read "ask first".
       if (!(await this.deps.repo.beginResend(task.id, fence))) return 'fenced_out';
       return this.redispatch(task, fence);
     }
 
+    const sinceLast = now.getTime() - (this.lastQueried.get(task.id) ?? Number.NEGATIVE_INFINITY);
+    if (sinceLast >= 0 && sinceLast < MIN_STATUS_QUERY_GAP_MS) {
+      await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + MIN_STATUS_QUERY_GAP_MS - sinceLast));
+      return 'deferred';
+    }
+    if (!(await this.deps.repo.confirmLease(task.id, fence, partner.status.timeoutMs + LEASE_SAFETY_MARGIN_MS))) return 'fenced_out';
     const answer = await client.status(task.request_no);
     if (answer.kind !== 'deferred') {
       this.deps.callLog?.record({
@@ -88,15 +108,21 @@ export class TaskChecker {
         durationMs: answer.durationMs,
       });
     }
+    // Noted when the answer is in (a deferred call never left): the next query of this task then starts
+    // a whole gap after this one ended, so the partner never sees two within the gap, whatever the jitter.
+    if (answer.kind !== 'deferred') this.noteQuery(task.id);
+    if (answer.kind === 'deferred') {
+      // Nothing was asked (breaker open, rate limit spent): put it back, expiry included, burning nothing.
+      await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + answer.deferral.retryInMs));
+      return 'deferred';
+    }
+    if (answer.kind === 'error') this.deps.metrics.partnerErrors.inc({ partner: partner.id, operation: 'status', class: answer.error.class });
+    if (expired) return this.atExpiry(partner, task, fence, now, answer);
     switch (answer.kind) {
-      case 'deferred':
-        await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + answer.deferral.retryInMs));
-        return 'deferred';
       case 'not_found':
         return this.onNotFound(partner, task, fence, now);
       case 'error': {
-        this.deps.metrics.partnerErrors.inc({ partner: partner.id, operation: 'status', class: answer.error.class });
-        const delay = answer.retryAfterMs !== undefined ? Math.min(answer.retryAfterMs, RETRY_AFTER_CAP_MS) : checkDelayMs(partner, task.check_attempts);
+        const delay = answer.retryAfterMs !== undefined ? retryAfterDelayMs(answer.retryAfterMs) : checkDelayMs(partner, task.check_attempts);
         return this.stayOpen(task, fence, now, delay, 'error', { detail: { type: 'check', outcome: 'error', error: answer.error } });
       }
       case 'found': {
@@ -108,19 +134,45 @@ export class TaskChecker {
             routine.push({ id: task.id, nextCheckAt: this.next(now, delayMs, task) });
             return 'processing';
           }
-          return this.stayOpen(task, fence, now, checkDelayMs(partner, task.check_attempts + 1), 'processing', { quiet: true });
+          return this.stayOpen(task, fence, now, delayMs, 'processing', { quiet: true });
         }
-        const spec = transitionForReport(partner, task, report, 'poll', now);
-        const r = await this.deps.transitions.apply(partner.id, {
-          ...spec,
-          fence,
-          detail: { type: 'check', outcome: 'found', status: report.status },
-          changes: { ...spec.changes, incrementCheckAttempts: true },
-        });
-        if (r.outcome !== 'applied') return r.outcome === 'conflict' ? 'settled' : 'fenced_out';
-        return report.status === 'processing' ? 'confirmed' : 'settled';
+        return this.settle(partner, task, fence, now, report);
       }
     }
+  }
+
+  private noteQuery(id: string): void {
+    const at = this.deps.clock.now().getTime();
+    this.lastQueried.delete(id);
+    this.lastQueried.set(id, at);
+    if (this.lastQueried.size < 1000) return;
+    for (const [key, when] of this.lastQueried) {
+      if (at - when < MIN_STATUS_QUERY_GAP_MS) break;
+      this.lastQueried.delete(key);
+    }
+  }
+
+  /** Applies what the partner's status endpoint said (an outcome, or pending → dispatched). */
+  private async settle(partner: PartnerConfig, task: TaskRow, fence: string, now: Date, report: PartnerReport): Promise<CheckOutcome> {
+    const spec = transitionForReport(partner, task, report, 'poll', now);
+    const r = await this.deps.transitions.apply(partner.id, {
+      ...spec,
+      fence,
+      detail: { type: 'check', outcome: 'found', status: report.status },
+      changes: { ...spec.changes, incrementCheckAttempts: true },
+    });
+    if (r.outcome !== 'applied') return r.outcome === 'conflict' ? 'settled' : 'fenced_out';
+    return report.status === 'processing' ? 'confirmed' : 'settled';
+  }
+
+  /**
+   * (issue 7, item 2) The check at `maxAgeSeconds` asked the partner once: a final answer settles the
+   * task (an outcome reached in the last schedule step is not lost); anything else expires it.
+   */
+  private async atExpiry(partner: PartnerConfig, task: TaskRow, fence: string, now: Date, answer: Exclude<StatusResult, { kind: 'deferred' }>): Promise<CheckOutcome> {
+    if (answer.kind === 'found' && answer.report.status !== 'processing') return this.settle(partner, task, fence, now, answer.report);
+    const lastAnswer = answer.kind === 'found' ? answer.report.status : answer.kind === 'error' ? `error: ${answer.error.class}` : 'not_found';
+    return this.expire(task, fence, now, { lastAnswer });
   }
 
   /** The partner says it never received the request: safe to send (again), within the attempt budget. */
@@ -150,11 +202,12 @@ export class TaskChecker {
   private async redispatch(task: TaskRow, fence: string): Promise<CheckOutcome> {
     const result = await this.deps.dispatcher.dispatchNow(task, fence);
     if (!result) return 'unknown_partner';
+    if (result === 'not_held') return 'fenced_out';
     if (result.kind === 'deferred') return 'deferred';
     return result.kind === 'received' ? 'dispatched' : result.kind === 'refused' ? 'rejected' : 'redispatch_failed';
   }
 
-  private async expire(task: TaskRow, fence: string, now: Date): Promise<CheckOutcome> {
+  private async expire(task: TaskRow, fence: string, now: Date, extra: Record<string, unknown>): Promise<CheckOutcome> {
     const r = await this.deps.transitions.apply(task.partner, {
       taskId: task.id,
       to: 'expired',
@@ -162,7 +215,7 @@ export class TaskChecker {
       source: 'expiry',
       now,
       fence,
-      detail: { type: 'expiry', reason: 'no outcome within maxAgeSeconds' },
+      detail: { type: 'expiry', reason: 'no outcome within maxAgeSeconds', ...extra },
       changes: { nextCheckAt: null },
     });
     return r.outcome === 'applied' ? 'expired' : 'fenced_out';

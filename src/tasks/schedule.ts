@@ -7,6 +7,16 @@ export const TRANSIENT_RETRY_CAP_MS = 5 * 60_000;
 export const AMBIGUOUS_RECHECK_MS = 2000;
 /** A Retry-After longer than this is not honoured as given: a partner cannot park a task for days. */
 export const RETRY_AFTER_CAP_MS = 60 * 60_000;
+/**
+ * The shortest wait before a task is looked at again after a partner call: `Retry-After: 0` must not
+ * make a task due again within the sweep that just looked at it (a sweep ends).
+ */
+export const MIN_RECHECK_MS = 1000;
+
+/** A partner's Retry-After as a wait: at least MIN_RECHECK_MS, at most RETRY_AFTER_CAP_MS. */
+export function retryAfterDelayMs(retryAfterMs: number): number {
+  return Math.min(Math.max(retryAfterMs, MIN_RECHECK_MS), RETRY_AFTER_CAP_MS);
+}
 
 /** Delay before the reconciler checks a dispatched task for the `checkAttempts`-th time; the last step repeats. */
 export function checkDelayMs(partner: PartnerConfig, checkAttempts: number): number {

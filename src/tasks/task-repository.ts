@@ -16,8 +16,10 @@ export interface NewTask {
   bodyHash: string;
   createdAt: Date;
   expiresAt: Date;
-  /** The dispatcher's claim: nobody else acts on the task until `nextCheckAt`. */
+  /** The dispatcher's claim: nobody else acts on the task for `leaseMs` (the database's clock). */
   leaseOwner: string;
+  leaseMs: number;
+  /** When the reconciler should look at it if the dispatcher never records an outcome. */
   nextCheckAt: Date;
 }
 
@@ -35,7 +37,11 @@ export interface TaskChanges {
   markDispatched?: boolean;
   incrementDispatchAttempts?: boolean;
   incrementCheckAttempts?: boolean;
-  lastDispatchOutcome?: 'transient' | 'ambiguous' | null;
+  /**
+   * `exhausted`: the last attempt failed transiently (5xx/429) and no attempt is left; the partner is
+   * asked before the task is rejected (a gateway's 502 is no proof that the partner never got it).
+   */
+  lastDispatchOutcome?: 'transient' | 'ambiguous' | 'exhausted' | null;
   /** Keep the current lease; by default a move releases it, since whoever held it is done. */
   keepLease?: boolean;
 }
@@ -111,13 +117,14 @@ const textArray = (values: readonly string[]): RawBuilder<unknown> => sql`${valu
 const INSERT_MANY_SQL = `
   with input as (
     select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                         $9::timestamptz[], $10::text[], $11::timestamptz[], $12::timestamptz[])
-      as v(id, partner, request_no, kind, payload, notify_url, metadata, body_hash, next_check_at, lease_owner, expires_at, created_at)
+                         $9::timestamptz[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::integer[])
+      as v(id, partner, request_no, kind, payload, notify_url, metadata, body_hash, next_check_at, lease_owner, expires_at, created_at, lease_ms)
   ), inserted as (
     insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
                        next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
     select id, partner, request_no, kind, 'pending', payload::jsonb, notify_url, metadata::jsonb, body_hash,
-           next_check_at, lease_owner, next_check_at, expires_at, created_at, created_at
+           -- (issue 7) the dispatcher's lease runs by the database's clock, apart from the due time
+           next_check_at, lease_owner, now() + lease_ms * interval '1 millisecond', expires_at, created_at, created_at
     from input
     order by partner, request_no
     on conflict (partner, request_no) do nothing
@@ -134,6 +141,13 @@ const INSERT_MANY_SQL = `
   union all
   select t.*, false, false
   from input v join tasks t on t.partner = v.partner and t.request_no = v.request_no`;
+
+/**
+ * On-demand checks (POST .../reconcile, poll hints) of one task are at most this often, counted from the
+ * claim of the last check: a flood of hints costs the partner at most one status query per task per
+ * second. The quarter second over a second absorbs the time from a claim to its call leaving.
+ */
+export const ON_DEMAND_MIN_GAP_MS = 1250;
 
 /**
  * The rules of a status change, shared by every statement that moves tasks. It reads the moves from a CTE
@@ -165,7 +179,16 @@ export const TRANSITION_CORE_SQL = `
       result = case when v.set_result then v.result::jsonb else t.result end,
       error = case when v.set_error then v.error::jsonb else t.error end,
       settled_by = coalesce(v.settled_by, t.settled_by),
-      next_check_at = case when v.set_next_check then v.next_check_at else t.next_check_at end,
+      -- (issue 7) Giving the lease up (all but keep_lease) also runs an on-demand check asked for under
+      -- it: check_requested_at is folded into next_check_at (coalesced to ON_DEMAND_MIN_GAP_MS after the
+      -- last check), then cleared. A final move (next check null) stays null.
+      next_check_at = case
+        when v.keep_lease or t.check_requested_at is null
+             or (case when v.set_next_check then v.next_check_at else t.next_check_at end) is null
+          then case when v.set_next_check then v.next_check_at else t.next_check_at end
+        else least(case when v.set_next_check then v.next_check_at else t.next_check_at end,
+                   greatest(t.check_requested_at, t.last_check_at + interval '${ON_DEMAND_MIN_GAP_MS} milliseconds')) end,
+      check_requested_at = case when v.keep_lease then t.check_requested_at else null end,
       dispatched_at = case when v.mark_dispatched then coalesce(t.dispatched_at, v.now) else t.dispatched_at end,
       dispatch_attempts = t.dispatch_attempts + case when v.inc_dispatch then 1 else 0 end,
       last_dispatch_outcome = case when v.set_ldo then v.ldo else t.last_dispatch_outcome end,
@@ -325,6 +348,27 @@ export function transitionResult(row: TransitionRow, inboxId: number | null): Tr
   return { outcome: row.conflicted ? 'conflict' : 'ignored', previousStatus: row.current_status };
 }
 
+const onDemandGap = sql`${ON_DEMAND_MIN_GAP_MS} * interval '1 millisecond'`;
+
+/** A lease is live while its expiry is ahead of the DATABASE's clock: replicas' clocks never decide it. */
+const LEASE_FREE = sql`(t.lease_expires_at is null or t.lease_expires_at <= now())`;
+
+/**
+ * The next check of a task whose lease is being given up: `next`, unless an on-demand check was asked
+ * for under the lease, which then becomes due (coalesced: not sooner than the gap after the last check).
+ * A final move (`next` null) stays null.
+ */
+const nextCheckOnRelease = (next: RawBuilder<unknown>): RawBuilder<unknown> => sql`case
+  when ${next} is null or t.check_requested_at is null then ${next}
+  else least(${next}, greatest(t.check_requested_at, t.last_check_at + ${onDemandGap})) end`;
+
+/** What an on-demand check did: made the task due at `dueAt`, or (under a live lease) left it to the holder. */
+export interface CheckRequest {
+  task: TaskRow;
+  /** When the task is due now; undefined when a live lease holds it (the request runs once it is given up). */
+  dueAt?: Date;
+}
+
 /**
  * All SQL on tasks and their events. Every change of status is one statement: it locks the row,
  * updates it only if its current status is an allowed source, and writes the event row, so there is
@@ -349,7 +393,8 @@ export class TaskRepository {
         insert into tasks (id, partner, request_no, kind, status, payload, notify_url, metadata, body_hash,
                            next_check_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at)
         values (${t.id}, ${t.partner}, ${t.requestNo}, ${t.kind}, 'pending', ${json(t.payload)}, ${t.notifyUrl},
-                ${json(t.metadata)}, ${t.bodyHash}, ${t.nextCheckAt}, ${t.leaseOwner}, ${t.nextCheckAt},
+                ${json(t.metadata)}, ${t.bodyHash}, ${t.nextCheckAt}, ${t.leaseOwner},
+                now() + ${t.leaseMs} * interval '1 millisecond',
                 ${t.expiresAt}, ${t.createdAt}, ${t.createdAt})
         on conflict (partner, request_no) do nothing
         returning *
@@ -421,7 +466,7 @@ export class TaskRepository {
     const cols = {
       id: [] as string[], partner: [] as string[], requestNo: [] as string[], kind: [] as (string | null)[], payload: [] as string[],
       notifyUrl: [] as (string | null)[], metadata: [] as (string | null)[], bodyHash: [] as string[], nextCheckAt: [] as string[],
-      leaseOwner: [] as string[], expiresAt: [] as string[], createdAt: [] as string[],
+      leaseOwner: [] as string[], expiresAt: [] as string[], createdAt: [] as string[], leaseMs: [] as number[],
     };
     for (const t of tasks) {
       cols.id.push(t.id);
@@ -436,10 +481,11 @@ export class TaskRepository {
       cols.leaseOwner.push(t.leaseOwner);
       cols.expiresAt.push(t.expiresAt.toISOString());
       cols.createdAt.push(t.createdAt.toISOString());
+      cols.leaseMs.push(Math.round(t.leaseMs));
     }
     const { rows } = await runRaw<TaskRow & { was_inserted: boolean; has_queued_callbacks: boolean }>(this.db, this.pool, 'cr_insert_many', INSERT_MANY_SQL, [
       cols.id, cols.partner, cols.requestNo, cols.kind, cols.payload, cols.notifyUrl, cols.metadata, cols.bodyHash,
-      cols.nextCheckAt, cols.leaseOwner, cols.expiresAt, cols.createdAt,
+      cols.nextCheckAt, cols.leaseOwner, cols.expiresAt, cols.createdAt, cols.leaseMs,
     ]);
     return rows;
   }
@@ -565,49 +611,84 @@ export class TaskRepository {
     return rows.length > 0;
   }
 
-  /** Makes an open task due now, for an on-demand check; returns the row, or undefined if absent. */
-  async makeDue(id: string, now: Date): Promise<TaskRow | undefined> {
-    const updated = await this.db
-      .updateTable('tasks')
-      .set({ next_check_at: now, updated_at: now })
-      .where('id', '=', id)
-      .where('status', 'in', OPEN_STATUSES)
-      .returningAll()
-      .executeTakeFirst();
-    return updated ?? this.findById(id);
+  /**
+   * An on-demand check (POST .../reconcile, a poll hint), one conditional statement that never breaks a
+   * lease. Lease free: the task becomes due now, or ON_DEMAND_MIN_GAP_MS after its last check if that is
+   * later (hints are coalesced). Under a live lease the schedule is not touched: the request is noted in
+   * `check_requested_at` and becomes due when the holder gives the lease up. A request that changes
+   * nothing (already due as soon, or already noted) writes nothing. Undefined when absent.
+   */
+  async requestCheck(id: string, now: Date): Promise<CheckRequest | undefined> {
+    const target = sql`greatest(${now}::timestamptz, t.last_check_at + ${onDemandGap})`;
+    const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow & { lease_free: boolean }>`
+      update tasks t set
+        next_check_at = case when ${LEASE_FREE} then least(t.next_check_at, ${target}) else t.next_check_at end,
+        check_requested_at = case when ${LEASE_FREE} then t.check_requested_at else ${now}::timestamptz end,
+        updated_at = ${now}
+      where t.id = ${id}::uuid and t.status in ('pending', 'dispatched')
+        and case when ${LEASE_FREE} then t.next_check_at > ${target} else t.check_requested_at is null end
+      returning t.*, ${LEASE_FREE} as lease_free`);
+    const row = rows[0];
+    if (row) {
+      const { lease_free: free, ...task } = row;
+      return free ? { task, dueAt: new Date(task.next_check_at!) } : { task };
+    }
+    const { rows: current } = await runPrepared(this.db, this.pool, sql<TaskRow & { lease_free: boolean }>`
+      select t.*, ${LEASE_FREE} as lease_free from tasks t where t.id = ${id}::uuid`);
+    if (!current[0]) return undefined;
+    const { lease_free: free, ...task } = current[0];
+    const open = task.status === 'pending' || task.status === 'dispatched';
+    return open && free && task.next_check_at ? { task, dueAt: new Date(task.next_check_at) } : { task };
   }
 
   /**
-   * Puts a claimed task back, due at `at`, without counting an attempt or writing an event (the partner
-   * was protected: breaker open or rate limit spent). Only the claim's holder can do it.
+   * The fence, checked right before a partner call: true when `owner` still holds the task's lease and
+   * it lasts at least `minLeftMs` more by the database's clock.
+   */
+  async confirmLease(id: string, owner: string, minLeftMs: number): Promise<boolean> {
+    const r = await runPrepared(this.db, this.pool, sql`
+      select 1 from tasks t
+      where t.id = ${id}::uuid and t.lease_owner = ${owner} and t.status in ('pending', 'dispatched')
+        and t.lease_expires_at > now() + ${minLeftMs} * interval '1 millisecond'`);
+    return r.rows.length > 0;
+  }
+
+  /**
+   * Puts a claimed task back, due at `at` (never past its expiry), without counting an attempt or writing
+   * an event (the partner was protected: breaker open or rate limit spent, so nothing was sent). Only
+   * the claim's holder can do it.
    */
   async defer(id: string, owner: string, at: Date): Promise<boolean> {
-    const r = await this.db
-      .updateTable('tasks')
-      .set({ lease_owner: null, lease_expires_at: null, next_check_at: sql<Date>`least(${at}::timestamptz, expires_at)` })
-      .where('id', '=', id)
-      .where('lease_owner', '=', owner)
-      .executeTakeFirst();
-    return Number(r.numUpdatedRows) > 0;
+    const r = await runPrepared(this.db, this.pool, sql`
+      update tasks t set lease_owner = null, lease_expires_at = null, check_requested_at = null,
+        next_check_at = ${nextCheckOnRelease(sql`least(${at}::timestamptz, t.expires_at)`)}
+      where t.id = ${id}::uuid and t.lease_owner = ${owner}`);
+    return r.rowCount > 0;
   }
 
   /**
-   * Claims up to `limit` due tasks for `owner` in one statement, oldest due first. SKIP LOCKED lets
-   * replicas claim side by side without waiting on each other; the lease moves `next_check_at` to its
-   * expiry, so a claim whose holder dies becomes due again by itself and the next claim replaces
-   * `lease_owner`, fencing the old holder out.
+   * Claims up to `limit` due tasks for `owner` in one statement, oldest due first. Due (`next_check_at`,
+   * the app's clock) and held (`lease_owner` until `lease_expires_at`, the database's clock) are separate:
+   * a task is claimed only when it is due AND no live lease holds it, so moving a due time (an on-demand
+   * check) can never hand a held task to a second holder. SKIP LOCKED lets replicas claim side by side;
+   * a holder that dies is taken over once its lease lapses, and the new `lease_owner` fences it out.
+   * Tasks of partners not in `knownPartners` are left alone until their expiry (then expired).
+   * `claimedAt` (the app's clock when claiming; a sweep's `now` is when it began) anchors the coalescing
+   * of on-demand checks.
    */
-  async claimDue(now: Date, limit: number, owner: string, leaseUntil: Date): Promise<TaskRow[]> {
+  async claimDue(now: Date, limit: number, owner: string, leaseMs: number, knownPartners: readonly string[], claimedAt: Date = now): Promise<TaskRow[]> {
     const { rows } = await runPrepared(this.db, this.pool, sql<TaskRow>`
       with due as (
-        select id from tasks
-        where status in ('pending', 'dispatched') and next_check_at <= ${now}
-        order by next_check_at
+        select id from tasks t
+        where t.status in ('pending', 'dispatched') and t.next_check_at <= ${now} and ${LEASE_FREE}
+          and (t.partner = any(${textArray(knownPartners)}) or t.expires_at <= ${now})
+        order by t.next_check_at
         limit ${limit}
         for update skip locked
       )
       update tasks t
-      set lease_owner = ${owner}, lease_expires_at = ${leaseUntil}, next_check_at = ${leaseUntil}
+      set lease_owner = ${owner}, lease_expires_at = now() + ${leaseMs} * interval '1 millisecond',
+          last_check_at = ${claimedAt}, check_requested_at = null
       from due
       where t.id = due.id
       returning t.*`);
@@ -623,8 +704,8 @@ export class TaskRepository {
     if (checks.length === 0) return 0;
     const result = await runPrepared(this.db, this.pool, sql`
       update tasks t
-      set check_attempts = t.check_attempts + 1, next_check_at = v.next_check_at,
-          lease_owner = null, lease_expires_at = null, updated_at = ${now}
+      set check_attempts = t.check_attempts + 1, next_check_at = ${nextCheckOnRelease(sql`v.next_check_at`)},
+          lease_owner = null, lease_expires_at = null, check_requested_at = null, updated_at = ${now}
       from unnest(${checks.map((c) => c.id)}::uuid[], ${checks.map((c) => c.nextCheckAt.toISOString())}::timestamptz[]) as v(id, next_check_at)
       where t.id = v.id and t.lease_owner = ${owner} and t.status = 'dispatched'`);
     return result.rowCount;
@@ -650,11 +731,54 @@ export class TaskRepository {
 
   /** Gives up a claim early (the dispatcher could not take the task): it becomes due for the reconciler now. */
   async releaseLease(id: string, owner: string, now: Date): Promise<void> {
-    await this.db
-      .updateTable('tasks')
-      .set({ lease_owner: null, lease_expires_at: null, next_check_at: now })
-      .where('id', '=', id)
-      .where('lease_owner', '=', owner)
-      .execute();
+    await runPrepared(this.db, this.pool, sql`
+      update tasks t set lease_owner = null, lease_expires_at = null, check_requested_at = null, next_check_at = ${now}
+      where t.id = ${id}::uuid and t.lease_owner = ${owner}`);
+  }
+
+  /**
+   * Hands claimed tasks back untouched (a draining sweep, or a claim that waited too long for a slot):
+   * they were due when claimed, so another replica can claim them at once.
+   */
+  async handBack(ids: readonly string[], owner: string): Promise<number> {
+    if (ids.length === 0) return 0;
+    const r = await runPrepared(this.db, this.pool, sql`
+      update tasks t set lease_owner = null, lease_expires_at = null,
+        next_check_at = ${nextCheckOnRelease(sql`t.next_check_at`)}, check_requested_at = null
+      where t.id = any(${[...ids]}::uuid[]) and t.lease_owner = ${owner}`);
+    return r.rowCount;
+  }
+
+  /**
+   * Tasks of partners that are no longer configured: each due one (not yet parked) is moved to be due
+   * at its expiry (then it is expired) with one event saying why, so the sweep neither loops on them nor
+   * walks past them. Only due rows are read (the range of `tasks_due_idx` the claim reads anyway), so it
+   * is cheap enough for every sweep. Tasks under a live lease are left to their holder. Returns how
+   * many per partner.
+   */
+  async parkUnknownPartners(knownPartners: readonly string[], now: Date): Promise<Map<string, number>> {
+    const { rows } = await sql<{ partner: string; n: number }>`
+      with parked as (
+        update tasks t set next_check_at = t.expires_at, check_requested_at = null, updated_at = ${now}
+        where t.status in ('pending', 'dispatched') and t.next_check_at <= ${now}
+          and not (t.partner = any(${textArray(knownPartners)})) and t.next_check_at < t.expires_at and ${LEASE_FREE}
+        returning t.id, t.partner, t.status, t.expires_at
+      ), parked_event as (
+        insert into task_events (task_id, at, from_status, to_status, source, detail)
+        select id, ${now}, status, status, 'poll',
+               jsonb_build_object('type', 'partner_unknown', 'note', 'partner is not configured: not checked until the task expires',
+                                  'expiresAt', expires_at)
+        from parked
+      )
+      select partner, count(*)::int as n from parked group by partner`.execute(this.db);
+    return new Map(rows.map((r) => [r.partner, r.n]));
+  }
+
+  /** The earliest due time after `now` of any open task (for a sweep sooner than the next cron tick). */
+  async nextDueAfter(now: Date): Promise<Date | undefined> {
+    const { rows } = await runPrepared(this.db, this.pool, sql<{ at: Date | null }>`
+      select min(next_check_at) as at from tasks where status in ('pending', 'dispatched') and next_check_at > ${now}`);
+    const at = rows[0]?.at;
+    return at ? new Date(at) : undefined;
   }
 }

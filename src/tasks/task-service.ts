@@ -36,8 +36,8 @@ export interface TaskServiceDeps {
   instanceId: string;
   /** Applies callbacks that arrived before their task; returns the task if one of them moved it. */
   applyQueuedCallbacks: (task: TaskRow) => Promise<TaskRow | undefined>;
-  /** Tells the reconciler a task became due now, so it checks at once rather than at its next tick. */
-  nudgeReconciler: () => void;
+  /** Tells the reconciler a task becomes due at `at`, so it checks then rather than at its next tick. */
+  nudgeReconciler: (at: Date) => void;
   /**
    * True while settling changes made by other replicas wake waiters here (the LISTEN connection is up);
    * a `waitSeconds` read then never polls. Otherwise it re-reads every WAIT_POLL_MS.
@@ -86,6 +86,7 @@ export class TaskService {
       createdAt: now,
       expiresAt: new Date(now.getTime() + partner.config.reconcile.maxAgeSeconds * 1000),
       leaseOwner,
+      leaseMs: partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS,
       nextCheckAt: new Date(now.getTime() + partner.config.dispatch.timeoutMs + DISPATCH_LEASE_GRACE_MS),
     }).catch((err: unknown) => rethrowAsBusy(err, () => this.deps.metrics.batchRefused.inc({ batcher: 'create' })));
     if (!result.inserted) {
@@ -180,15 +181,17 @@ export class TaskService {
   }
 
   /**
-   * Makes the task due for the reconciler now (an on-demand check with the partner). With `by` (the label
-   * of the operator's key), the request is also written into the task's events with source `manual`.
+   * An on-demand check with the partner: due now (coalesced to one per task per second), or, while a
+   * lease holds the task (a dispatch or a check in flight), as soon as that holder gives it up. It never
+   * breaks a lease: that is what sent tasks to partners twice (issue 7). With `by` (the label of the
+   * operator's key), the request is also written into the task's events with source `manual`.
    */
   async requestReconcile(id: string, by?: string): Promise<TaskRow> {
-    const task = isUuid(id) ? await this.deps.repo.makeDue(id, this.deps.clock.now()) : undefined;
-    if (!task) throw new HttpProblem(404, `no task ${id}`);
+    const r = isUuid(id) ? await this.deps.repo.requestCheck(id, this.deps.clock.now()) : undefined;
+    if (!r) throw new HttpProblem(404, `no task ${id}`);
     if (by !== undefined) await this.recordManual(id, 'reconcile', by);
-    this.deps.nudgeReconciler();
-    return task;
+    if (r.dueAt) this.deps.nudgeReconciler(r.dueAt);
+    return r.task;
   }
 
   /** Writes an operator's action (`reconcile`, `redeliver`, …) into the task's events, source `manual`. */

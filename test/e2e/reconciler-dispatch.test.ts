@@ -155,7 +155,7 @@ describe('transient dispatch failures (the request never got in)', () => {
     expect(kindsSeen(requestNo)).toEqual(['dispatch', 'dispatch', 'dispatch', 'status']);
   });
 
-  test('503 every time with maxAttempts 3: rejected after exactly 3 dispatches, the error recorded', async () => {
+  test('503 every time with maxAttempts 3: after exactly 3 dispatches the partner is asked, and its 404 rejects the task, the error recorded', async () => {
     const requestNo = uniqueRequestNo('exhaust');
     const created = await createTask(svc.api, {
       partner: 'exhaust',
@@ -170,6 +170,12 @@ describe('transient dispatch failures (the request never got in)', () => {
       task = await getTask(svc.api, created.id);
       expect(task.dispatchAttempts).toBe(attempts);
     }
+    // Attempts spent on 503s: not proof that the partner never got it (issue 7), so it is asked first.
+    expect(task).toMatchObject({ status: 'pending', dispatchAttempts: 3 });
+    expect(simStats(requestNo)).toMatchObject({ dispatches: 3, statusQueries: 0 });
+    clock.set(ms(task.nextCheckAt));
+    await sweep();
+    task = await getTask(svc.api, created.id);
     expect(task).toMatchObject({ status: 'rejected', dispatchAttempts: 3, nextCheckAt: null, dispatchedAt: null, settledBy: null });
     expect(task.error).toMatchObject({ class: 'http_5xx', httpStatus: 503 });
     expect(task.completedAt).not.toBeNull();
@@ -178,13 +184,16 @@ describe('transient dispatch failures (the request never got in)', () => {
       [null, 'pending', 'api'],
       ['pending', 'pending', 'dispatch'],
       ['pending', 'pending', 'dispatch'],
-      ['pending', 'rejected', 'dispatch'],
+      ['pending', 'pending', 'dispatch'],
+      ['pending', 'rejected', 'poll'],
     ]);
-    expect(events.at(-1)!.detail).toMatchObject({ outcome: 'transient', httpStatus: 503, attempts: 3 });
+    expect(events.at(-2)!.detail).toMatchObject({ outcome: 'transient', httpStatus: 503, attempts: 3 });
+    expect(events.at(-1)!.detail).toMatchObject({ outcome: 'not_found', attempts: 3 });
 
     // Final: later sweeps send nothing more.
     clock.advance(3_600_000);
     await sweep();
-    expect(simStats(requestNo)).toMatchObject({ dispatches: 3, statusQueries: 0 });
+    expect(simStats(requestNo)).toMatchObject({ dispatches: 3, statusQueries: 1 });
   });
+
 });

@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import { ManualClock } from '../../src/clock';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 import { eventually, startTestService, type TestService } from '../support/service';
@@ -51,7 +52,9 @@ test('after a re-send whose outcome was lost, the partner is asked before anythi
   await resend;
   expect(await getTask(svc.api, created.id)).toMatchObject({ status: 'pending', dispatchAttempts: 1 });
 
-  // The other holder dies too; its lease lapses and the task is claimed again.
+  // The other holder dies too; its lease lapses (leases run by the database's clock: moved here as if
+  // that time had passed) and the task is claimed again.
+  await sql`update tasks set lease_expires_at = now() - interval '1 millisecond' where id = ${created.id}::uuid`.execute(db.handle.db);
   clock.advance(10 * 60_000);
   await svc.runtime.reconciler.runOnce();
 

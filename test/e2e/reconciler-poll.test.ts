@@ -135,8 +135,10 @@ test('no outcome within maxAgeSeconds: expired by the reconciler; a late definit
   expect(ms(expired.completedAt)).toBe(t0 + 60_001);
   const events = await getEvents(svc.api, created.id);
   expect(events.at(-1)).toMatchObject({ from: 'dispatched', to: 'expired', source: 'expiry' });
-  // Expiry does not need the partner: no status query at the expiring check.
-  expect(simStats(requestNo)?.statusQueries).toBe(1);
+  // The partner is asked once more at the expiring check (issue 7: a final answer would have won); it
+  // still said "processing", so the task expired, and the event says what the partner last answered.
+  expect(simStats(requestNo)?.statusQueries).toBe(2);
+  expect(events.at(-1)!.detail).toMatchObject({ type: 'expiry', lastAnswer: 'processing' });
 
   // The partner finally reports success: a definitive report still wins over expiry.
   const cb = signCallback({ requestNo, status: 'succeeded', result: { late: true } }, { secret: TEST_SECRET });

@@ -212,6 +212,7 @@ function newTask(requestNo: string, body: string): NewTask {
     createdAt: T0,
     expiresAt: new Date(T0.getTime() + 86_400_000),
     leaseOwner: `owner-${randomUUID()}`,
+    leaseMs: 11_000,
     nextCheckAt: new Date(T0.getTime() + 11_000),
   };
 }

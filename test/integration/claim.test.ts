@@ -37,10 +37,20 @@ async function insertDue(partner: string, dueAt: Date): Promise<string> {
     createdAt: new Date(dueAt.getTime() - 60_000),
     expiresAt: new Date(dueAt.getTime() + 86_400_000),
     leaseOwner: 'creator',
+    // The creator's lease has lapsed already: the task is due and free at `dueAt`.
+    leaseMs: 0,
     nextCheckAt: dueAt,
   });
   if (!r.inserted) throw new Error('insert did not insert');
   return id;
+}
+
+/** Partners the claims of these tests know. */
+const KNOWN = ['fence', 'skip', 'explain', 'due-lease', 'gone'];
+
+/** Moves `ids`' leases into the past, as if the database's clock had moved on past them. */
+async function lapseLeases(ids: string[]): Promise<void> {
+  await sql`update tasks set lease_expires_at = now() - interval '1 millisecond' where id = any(${ids}::uuid[])`.execute(db.handle.db);
 }
 
 /** Marks every open task of other tests as not due, so each test sees only its own. */
@@ -53,17 +63,21 @@ test('fencing: a claim taken over after its lease lapses fences the old holder o
   const t0 = new Date('2030-01-01T00:00:00Z');
   const id = await insertDue('fence', t0);
 
-  const leaseA = new Date(t0.getTime() + 5000);
-  const byA = await repo.claimDue(t0, 10, 'owner-A', leaseA);
+  const before = Date.now();
+  const byA = await repo.claimDue(t0, 10, 'owner-A', 5000, KNOWN);
   expect(byA.map((t) => t.id)).toEqual([id]);
   expect(byA[0]).toMatchObject({ lease_owner: 'owner-A' });
-  expect(new Date(byA[0]!.lease_expires_at!).getTime()).toBe(leaseA.getTime());
-  // While A's lease lasts, nobody else can claim it.
-  expect(await repo.claimDue(new Date(t0.getTime() + 4999), 10, 'owner-B', new Date(t0.getTime() + 9999))).toEqual([]);
+  // The lease runs by the database's clock (now() + 5 s), whatever the caller's clock says.
+  const leaseEnd = new Date(byA[0]!.lease_expires_at!).getTime();
+  expect(leaseEnd).toBeGreaterThanOrEqual(before + 5000 - 1000);
+  expect(leaseEnd).toBeLessThanOrEqual(Date.now() + 5000 + 1000);
+  // While A's lease lasts, nobody else can claim it, however late the caller's clock says it is.
+  expect(await repo.claimDue(new Date(t0.getTime() + 86_400_000), 10, 'owner-B', 5000, KNOWN)).toEqual([]);
 
   // A stalls past its lease; B claims the same task.
+  await lapseLeases([id]);
   const tB = new Date(t0.getTime() + 6000);
-  const byB = await repo.claimDue(tB, 10, 'owner-B', new Date(tB.getTime() + 5000));
+  const byB = await repo.claimDue(tB, 10, 'owner-B', 5000, KNOWN);
   expect(byB.map((t) => t.id)).toEqual([id]);
   expect(byB[0]).toMatchObject({ lease_owner: 'owner-B' });
 
@@ -109,15 +123,15 @@ test('SKIP LOCKED: a claim skips rows another claim holds, without waiting; conc
   const t0 = new Date('2031-01-01T00:00:00Z');
   const ids = new Set<string>();
   for (let i = 0; i < 100; i++) ids.add(await insertDue('skip', new Date(t0.getTime() - 1000 + i)));
-  const lease = new Date(t0.getTime() + 60_000);
+  const lease = 60_000;
 
   // A claim held open in a transaction (its row locks held): a second claim meanwhile gets the other rows.
   let held: string[] = [];
   let meanwhile: string[] = [];
   await db.handle.db.transaction().execute(async (trx) => {
-    held = (await new TaskRepository(trx).claimDue(t0, 60, 'holder', lease)).map((t) => t.id);
+    held = (await new TaskRepository(trx).claimDue(t0, 60, 'holder', lease, KNOWN)).map((t) => t.id);
     // Would block until commit without SKIP LOCKED (and then this test would never finish).
-    meanwhile = (await repo.claimDue(t0, 100, 'other', lease)).map((t) => t.id);
+    meanwhile = (await repo.claimDue(t0, 100, 'other', lease, KNOWN)).map((t) => t.id);
   });
   expect(held).toHaveLength(60);
   expect(meanwhile).toHaveLength(40);
@@ -125,7 +139,7 @@ test('SKIP LOCKED: a claim skips rows another claim holds, without waiting; conc
 
   // Release and race two claims for real.
   await sql`update tasks set lease_owner = null, lease_expires_at = null, next_check_at = ${t0} where partner = 'skip'`.execute(db.handle.db);
-  const [a, b] = await Promise.all([repo.claimDue(t0, 50, 'racer-A', lease), repo.claimDue(t0, 50, 'racer-B', lease)]);
+  const [a, b] = await Promise.all([repo.claimDue(t0, 50, 'racer-A', lease, KNOWN), repo.claimDue(t0, 50, 'racer-B', lease, KNOWN)]);
   const aIds = a.map((t) => t.id);
   const bIds = b.map((t) => t.id);
   expect(aIds.filter((id) => bIds.includes(id))).toEqual([]);
@@ -133,7 +147,7 @@ test('SKIP LOCKED: a claim skips rows another claim holds, without waiting; conc
   expect(a.every((t) => t.lease_owner === 'racer-A')).toBe(true);
   expect(b.every((t) => t.lease_owner === 'racer-B')).toBe(true);
   // Everything is leased now: nothing left to claim until the lease runs out.
-  expect(await repo.claimDue(t0, 100, 'late', lease)).toEqual([]);
+  expect(await repo.claimDue(t0, 100, 'late', lease, KNOWN)).toEqual([]);
 });
 
 test("the claim's select uses the partial due index tasks_due_idx", async () => {
@@ -157,7 +171,7 @@ test("the claim's select uses the partial due index tasks_due_idx", async () => 
     },
   });
   const now = new Date();
-  await new TaskRepository(logging).claimDue(now, 200, 'explainer', now);
+  await new TaskRepository(logging).claimDue(now, 200, 'explainer', 0, KNOWN);
   expect(captured).toBeDefined();
   // … and explain it (not run) with the same parameters.
   const { rows } = await db.handle.pool.query<{ 'QUERY PLAN': string }>(`explain ${captured!.sql}`, [...captured!.parameters]);
@@ -167,7 +181,44 @@ test("the claim's select uses the partial due index tasks_due_idx", async () => 
 
   // And the statement itself still claims exactly the due open rows.
   const later = Date.now() + 3 * 3_600_000; // past every seeded next_check_at (now + up to 10,000 s)
-  const claimed = await repo.claimDue(new Date(later), 10_000, 'explainer', new Date(later + 60_000));
+  const claimed = await repo.claimDue(new Date(later), 10_000, 'explainer', 60_000, KNOWN);
   expect(claimed.filter((t) => t.partner === 'explain').length).toBe(500);
   expect(claimed.filter((t) => t.status !== 'pending' && t.status !== 'dispatched').length).toBe(0);
+});
+
+test('a due time moved under a live lease (an on-demand check) never hands the task to a second holder', async () => {
+  await parkOthers();
+  const t0 = new Date('2032-01-01T00:00:00Z');
+  const id = await insertDue('due-lease', t0);
+  expect((await repo.claimDue(t0, 10, 'holder', 60_000, KNOWN)).map((t) => t.id)).toEqual([id]);
+  // Someone makes it due "now" by hand, as the on-demand check used to do.
+  await sql`update tasks set next_check_at = ${t0} where id = ${id}::uuid`.execute(db.handle.db);
+  expect(await repo.claimDue(new Date(t0.getTime() + 1), 10, 'intruder', 60_000, KNOWN)).toEqual([]);
+  expect((await repo.findById(id))?.lease_owner).toBe('holder');
+  // The on-demand check itself does not even move it: it is noted for when the lease is given up.
+  const r = await repo.requestCheck(id, new Date(t0.getTime() + 2));
+  expect(r?.dueAt).toBeUndefined();
+  expect(new Date((await repo.findById(id))!.check_requested_at!).getTime()).toBe(t0.getTime() + 2);
+  // Handed back: due at once for the next claim, the request folded in.
+  expect(await repo.handBack([id], 'holder')).toBe(1);
+  expect((await repo.claimDue(new Date(t0.getTime() + 3), 10, 'next', 60_000, KNOWN)).map((t) => t.id)).toEqual([id]);
+});
+
+test('tasks of a partner that is not configured are not claimed, get one event when parked, and are claimed at their expiry', async () => {
+  await parkOthers();
+  const t0 = new Date('2033-01-01T00:00:00Z');
+  const id = await insertDue('gone', t0);
+  const known = KNOWN.filter((p) => p !== 'gone');
+  expect(await repo.claimDue(t0, 10, 'c', 60_000, known)).toEqual([]);
+  const parked = await repo.parkUnknownPartners(known, t0);
+  expect(parked.get('gone')).toBe(1);
+  const row = await repo.findById(id);
+  expect(new Date(row!.next_check_at!).getTime()).toBe(new Date(row!.expires_at).getTime());
+  expect((await repo.listEvents(id)).at(-1)).toMatchObject({ from_status: 'pending', to_status: 'pending', source: 'poll', detail: { type: 'partner_unknown' } });
+  // Parked once: a second pass writes nothing.
+  expect((await repo.parkUnknownPartners(known, t0)).get('gone')).toBeUndefined();
+  expect(await repo.listEvents(id)).toHaveLength(2);
+  // At its expiry it is claimed (to be expired).
+  const atExpiry = new Date(row!.expires_at);
+  expect((await repo.claimDue(atExpiry, 10, 'c', 60_000, known)).map((t) => t.id)).toEqual([id]);
 });

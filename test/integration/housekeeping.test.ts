@@ -57,6 +57,7 @@ async function task(partner: string, createdAt: number, moves: TaskStatus[] = []
     createdAt: new Date(createdAt),
     expiresAt: new Date(createdAt + DAY),
     leaseOwner: 'creator',
+    leaseMs: 10_000,
     nextCheckAt: new Date(createdAt + 10_000),
   });
   for (const to of moves) {

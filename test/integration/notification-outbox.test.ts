@@ -32,7 +32,7 @@ async function newTask(notifyUrl: string | null, repo = withOutbox): Promise<str
   seq += 1;
   const id = randomUUID();
   const now = new Date();
-  await repo.insert({ id, partner: 'p', requestNo: `o-${seq}`, kind: null, payload: { n: seq }, notifyUrl, metadata: null, bodyHash: 'h', createdAt: now, expiresAt: new Date(now.getTime() + 86_400_000), leaseOwner: 'c', nextCheckAt: now });
+  await repo.insert({ id, partner: 'p', requestNo: `o-${seq}`, kind: null, payload: { n: seq }, notifyUrl, metadata: null, bodyHash: 'h', createdAt: now, expiresAt: new Date(now.getTime() + 86_400_000), leaseOwner: 'c', leaseMs: 60_000, nextCheckAt: now });
   return id;
 }
 const rowsOf = async (taskId: string) =>

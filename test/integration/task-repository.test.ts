@@ -37,6 +37,7 @@ function newTask(overrides: Partial<NewTask> = {}): NewTask {
     createdAt: T0,
     expiresAt: at(86_400),
     leaseOwner: 'owner-A',
+    leaseMs: 11_000,
     nextCheckAt: at(11),
     ...overrides,
   };
@@ -352,16 +353,36 @@ describe('transition', () => {
 });
 
 describe('reads', () => {
-  test('makeDue makes an open task due now and leaves a final one alone', async () => {
+  test('requestCheck makes an open, unleased task due now and leaves a final one alone', async () => {
     const open = await taskIn('dispatched');
-    const due = await repo.makeDue(open.id, at(500));
-    expect(new Date(due!.next_check_at!).toISOString()).toBe(at(500).toISOString());
+    // Due at 11 s by its schedule; asked at 5 s: due then.
+    const due = await repo.requestCheck(open.id, at(5));
+    expect(new Date(due!.task.next_check_at!).toISOString()).toBe(at(5).toISOString());
+    expect(due!.dueAt?.toISOString()).toBe(at(5).toISOString());
+    // Asked again later: it is due already, nothing moves it back.
+    expect((await repo.requestCheck(open.id, at(8)))?.dueAt?.toISOString()).toBe(at(5).toISOString());
     const final = await taskIn('succeeded');
     const before = await repo.findById(final.id);
-    const untouched = await repo.makeDue(final.id, at(500));
-    expect(untouched).toEqual(before);
-    expect(untouched?.status).toBe('succeeded');
-    expect(await repo.makeDue(randomUUID(), at(500))).toBeUndefined();
+    const untouched = await repo.requestCheck(final.id, at(500));
+    expect(untouched?.task).toEqual(before);
+    expect(untouched?.dueAt).toBeUndefined();
+    expect(untouched?.task.status).toBe('succeeded');
+    expect(await repo.requestCheck(randomUUID(), at(500))).toBeUndefined();
+  });
+
+  test('requestCheck under a live lease leaves the schedule alone; giving the lease up makes the task due then', async () => {
+    const t = await inserted({ leaseOwner: 'owner-L', leaseMs: 60_000, nextCheckAt: at(300) });
+    const r = await repo.requestCheck(t.id, at(100));
+    expect(r?.dueAt).toBeUndefined();
+    const held = await repo.findById(t.id);
+    expect(new Date(held!.next_check_at!).toISOString()).toBe(at(300).toISOString());
+    expect(held!.lease_owner).toBe('owner-L');
+    expect(new Date(held!.check_requested_at!).toISOString()).toBe(at(100).toISOString());
+    // The holder records its outcome with a later next check: the request asked meanwhile wins.
+    const moved = await repo.transition({ taskId: t.id, to: 'dispatched', source: 'dispatch', now: at(101), fence: 'owner-L', changes: { nextCheckAt: at(130), markDispatched: true } });
+    expect(moved.outcome).toBe('applied');
+    expect(new Date(moved.task!.next_check_at!).toISOString()).toBe(at(100).toISOString());
+    expect(moved.task).toMatchObject({ lease_owner: null, check_requested_at: null });
   });
 
   test('releaseLease only releases the holder\'s lease and makes the task due', async () => {

@@ -29,7 +29,7 @@ async function task(createdAt: number): Promise<{ id: string; requestNo: string 
   seq += 1;
   const id = randomUUID();
   const requestNo = `story-${seq}`;
-  await repo.insert({ id, partner: 'p', requestNo, kind: null, payload: {}, notifyUrl: null, metadata: null, bodyHash: 'h', createdAt: new Date(createdAt), expiresAt: new Date(createdAt + DAY), leaseOwner: 'x', nextCheckAt: new Date(createdAt + 10_000) });
+  await repo.insert({ id, partner: 'p', requestNo, kind: null, payload: {}, notifyUrl: null, metadata: null, bodyHash: 'h', createdAt: new Date(createdAt), expiresAt: new Date(createdAt + DAY), leaseOwner: 'x', leaseMs: 10_000, nextCheckAt: new Date(createdAt + 10_000) });
   return { id, requestNo };
 }
 
