@@ -104,7 +104,9 @@ test('tasks created while their stored callbacks wait in another process: each a
       return rows[0]!.n === N;
     },
     'every callback to be stored',
-    5000,
+    // Generous: 150 signed callbacks stored by one process while the rest of the suite loads both cores.
+    // The property is the order (all stored before any task exists), not the speed.
+    30_000,
   );
 
   // 2. Process a creates the tasks while c's waiting callbacks look for them.
