@@ -684,7 +684,10 @@ export class TaskRepository {
           and (t.partner = any(${textArray(knownPartners)}) or t.expires_at <= ${now})
         order by t.next_check_at
         limit ${limit}
-        for update skip locked
+        -- NO KEY UPDATE (the claim changes no key): a plain FOR UPDATE also conflicts with the FOR KEY
+        -- SHARE lock that every insert referencing the task (partner_calls, task_events, ...) holds until
+        -- it commits, so SKIP LOCKED silently skipped due, lease-free tasks during those inserts.
+        for no key update skip locked
       )
       update tasks t
       set lease_owner = ${owner}, lease_expires_at = now() + ${leaseMs} * interval '1 millisecond',

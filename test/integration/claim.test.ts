@@ -167,7 +167,7 @@ test("the claim's select uses the partial due index tasks_due_idx", async () => 
   const logging = new Kysely<Database>({
     dialect: new PostgresDialect({ pool: db.handle.pool }),
     log: (e) => {
-      if (e.level === 'query' && /for update skip locked/i.test(e.query.sql)) captured = { sql: e.query.sql, parameters: e.query.parameters };
+      if (e.level === 'query' && /for (no key )?update skip locked/i.test(e.query.sql)) captured = { sql: e.query.sql, parameters: e.query.parameters };
     },
   });
   const now = new Date();
