@@ -1,5 +1,5 @@
-import { sql, type Kysely } from 'kysely';
-import type { Database } from '../db/schema';
+import { sql, type Kysely, type Selectable } from 'kysely';
+import type { Database, PartnerCallsTable } from '../db/schema';
 
 /** A position in a time-ordered list: the `(at, source, id)` of the last row of a page. */
 export interface StoryCursor {
@@ -9,17 +9,8 @@ export interface StoryCursor {
   id: number;
 }
 
-export interface PartnerCallRow {
-  id: number;
-  started_at: Date;
-  operation: 'dispatch' | 'status';
-  outcome: string;
-  reported_status: string | null;
-  http_status: number | null;
-  error_class: string | null;
-  error_message: string | null;
-  duration_ms: number;
-}
+/** A recorded partner call as the story reads it: the table's row without its task id. */
+export type PartnerCallRow = Omit<Selectable<PartnerCallsTable>, 'task_id'>;
 
 export interface CallbackStoryRow {
   /** 0: stored in the inbox (verified); 1: refused or only a hint (not verified). */
