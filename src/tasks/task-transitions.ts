@@ -61,8 +61,10 @@ export class TaskNotifier {
     return {
       next: (timeoutMs, signal) =>
         new Promise((resolve) => {
+          // Declared before finish: a change that came before next() finishes at once, with no timer yet.
+          let timer: NodeJS.Timeout | undefined;
           const finish = () => {
-            clearTimeout(timer);
+            if (timer !== undefined) clearTimeout(timer);
             wake = undefined;
             signal?.removeEventListener('abort', finish);
             const t = latest;
@@ -70,7 +72,7 @@ export class TaskNotifier {
             resolve(t);
           };
           if (latest !== undefined || signal?.aborted) return finish();
-          const timer = setTimeout(finish, Math.max(1, Math.ceil(timeoutMs)));
+          timer = setTimeout(finish, Math.max(1, Math.ceil(timeoutMs)));
           wake = finish;
           signal?.addEventListener('abort', finish, { once: true });
         }),
