@@ -109,7 +109,9 @@ async function main(): Promise<number> {
       log(`scenario ${scenario.name}: ${scenario.description}`);
       const tmpDir = await mkdtemp(path.join(os.tmpdir(), `bench-${scenario.name}-`));
       const teardown = global.child(`scenario ${scenario.name}`);
-      teardown.add('tmp dir', () => rm(tmpDir, { recursive: true, force: true }));
+      // BENCH_KEEP_LOGS=1 keeps the scenario's directory (service and simulator logs) for a look afterwards.
+      if (process.env.BENCH_KEEP_LOGS === '1') log(`keeping ${tmpDir} (BENCH_KEEP_LOGS=1)`);
+      else teardown.add('tmp dir', () => rm(tmpDir, { recursive: true, force: true }));
       const notes = (report.notes[scenario.name] = [] as string[]);
       const details = (report.details[scenario.name] = {} as Record<string, unknown>);
       const ctx: ScenarioContext = {

@@ -171,7 +171,10 @@ export const TRANSITION_CORE_SQL = `
     from tasks t join v on t.id = v.task_id
     where v.inbox_id is null or exists (select 1 from inbox where inbox.id = v.inbox_id)
     order by t.id
-    for update of t
+    -- NO KEY UPDATE, as the claim: a move changes no key, and FOR UPDATE would also conflict with the FOR
+    -- KEY SHARE that every insert referencing the task (partner_calls, events, inbox, notifications) holds
+    -- for its foreign-key check, which deadlocked batched moves against the call log's batched insert.
+    for no key update of t
   ), upd as (
     update tasks t set
       status = v.to_status,
