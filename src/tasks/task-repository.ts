@@ -2,7 +2,7 @@ import { sql, type Kysely, type RawBuilder } from 'kysely';
 import type { Pool } from 'pg';
 import { runPrepared, runRaw } from '../db/prepared';
 import type { Database, TaskEventRow, TaskRow } from '../db/schema';
-import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
+import { allowedSources, FINAL_STATUSES, OPEN_STATUSES, TASK_STATUSES, type EventSource, type PartnerStatus, type SettledBy, type TaskStatus } from './task';
 
 /** What a new task row carries; ids and times come from the service so a test clock governs them. */
 export interface NewTask {
@@ -357,6 +357,20 @@ const onDemandGap = sql`${ON_DEMAND_MIN_GAP_MS} * interval '1 millisecond'`;
 const LEASE_FREE = sql`(t.lease_expires_at is null or t.lease_expires_at <= now())`;
 
 /**
+ * "Still open", for a lookup by id. Written as the complement on purpose: `status in ('pending',
+ * 'dispatched')` is the predicate of the partial `tasks_due_idx`, and with statistics taken when few tasks
+ * were open the planner then walked that whole index filtering on id instead of reading the primary key
+ * (a generic plan seen reading every open task once per dispatch). The complement cannot pick that index.
+ */
+const STILL_OPEN_SQL = `t.status not in ('${TASK_STATUSES.filter((st) => !OPEN_STATUSES.includes(st)).join("', '")}')`;
+
+/** The fence before a partner call ($1 task id, $2 lease owner, $3 ms the lease must still last). */
+export const CONFIRM_LEASE_SQL = `
+  select 1 from tasks t
+  where t.id = $1::uuid and t.lease_owner = $2 and ${STILL_OPEN_SQL}
+    and t.lease_expires_at > now() + $3 * interval '1 millisecond'`;
+
+/**
  * The next check of a task whose lease is being given up: `next`, unless an on-demand check was asked
  * for under the lease, which then becomes due (coalesced: not sooner than the gap after the last check).
  * A final move (`next` null) stays null.
@@ -628,7 +642,7 @@ export class TaskRepository {
         next_check_at = case when ${LEASE_FREE} then least(t.next_check_at, ${target}) else t.next_check_at end,
         check_requested_at = case when ${LEASE_FREE} then t.check_requested_at else ${now}::timestamptz end,
         updated_at = ${now}
-      where t.id = ${id}::uuid and t.status in ('pending', 'dispatched')
+      where t.id = ${id}::uuid and ${sql.raw(STILL_OPEN_SQL)}
         and case when ${LEASE_FREE} then t.next_check_at > ${target} else t.check_requested_at is null end
       returning t.*, ${LEASE_FREE} as lease_free`);
     const row = rows[0];
@@ -649,10 +663,7 @@ export class TaskRepository {
    * it lasts at least `minLeftMs` more by the database's clock.
    */
   async confirmLease(id: string, owner: string, minLeftMs: number): Promise<boolean> {
-    const r = await runPrepared(this.db, this.pool, sql`
-      select 1 from tasks t
-      where t.id = ${id}::uuid and t.lease_owner = ${owner} and t.status in ('pending', 'dispatched')
-        and t.lease_expires_at > now() + ${minLeftMs} * interval '1 millisecond'`);
+    const r = await runRaw(this.db, this.pool, 'cr_confirm_lease', CONFIRM_LEASE_SQL, [id, owner, minLeftMs]);
     return r.rows.length > 0;
   }
 
