@@ -25,7 +25,7 @@ import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
-import { TASK_SETTLED_CHANNEL, TaskWakeListener } from './tasks/task-wake-listener';
+import { SettledWakeSender, TaskWakeListener } from './tasks/task-wake-listener';
 import { AddressGuard, type Resolver } from './notifications/address-guard';
 import { DeliveryWorker } from './notifications/delivery-worker';
 import { NotificationRepository } from './notifications/notification-repository';
@@ -149,10 +149,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const metrics = new Metrics({ defaultMetrics: true });
   metrics.observePool(database.pool);
   const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
-  const finalEffects = {
-    outbox: config.notifySecret !== undefined,
-    wakeChannel: config.longPollNotify ? TASK_SETTLED_CHANNEL : null,
-  };
+  const finalEffects = { outbox: config.notifySecret !== undefined };
   const repo = new TaskRepository(database.db, database.pool, finalEffects);
   const notifier = new TaskNotifier();
   const notificationRepo = new NotificationRepository(database.db, database.pool);
@@ -181,7 +178,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...batchOptions(config),
   });
   metrics.observeQueue('transition', () => transitionBatcher.depth);
-  const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec));
+  const settledWakes = config.longPollNotify ? new SettledWakeSender(database.pool, logger) : undefined;
+  const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec), settledWakes && ((id) => settledWakes.settled(id)));
   const callLog = new PartnerCallLog(database.db, logger);
   const dispatcher = new Dispatcher({
     callLog,
@@ -363,6 +361,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       await deliveryWorker?.stop();
       sender?.close();
       await callLog.flush();
+      // Waiters on other replicas hear about the last moves before the pool closes.
+      await settledWakes?.flush();
       partners.close();
       await database.close();
       logger.info('stopped');

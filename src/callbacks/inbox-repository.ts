@@ -103,7 +103,7 @@ export class InboxRepository {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly pool?: Pool,
-    /** The same outbox and wake settings as the TaskRepository's: a callback that settles a task notifies too. */
+    /** The same outbox setting as the TaskRepository's: a callback that settles a task writes its notification too. */
     private readonly effects: FinalTransitionEffects = {},
   ) {}
 

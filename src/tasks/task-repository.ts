@@ -88,8 +88,6 @@ export interface TransitionResult {
 export interface FinalTransitionEffects {
   /** Write the notification outbox row for a task with a notifyUrl (NOTIFY_SECRET is set). */
   outbox?: boolean;
-  /** `pg_notify` this channel with the task id, waking `waitSeconds` readers on every replica. */
-  wakeChannel?: string | null;
 }
 
 /** Statuses a `waitSeconds` read waits for, and on reaching which a client is notified. */
@@ -160,10 +158,9 @@ export const ON_DEMAND_MIN_GAP_MS = 1250;
  * - `settled`: the applied moves that reached a final status or `expired` (or settled an expired task);
  * - `outbox`: the transactional outbox, one notification per settled task with a notifyUrl when the move's
  *   `outbox` column is on, committed with the move or not at all (issue 8);
- * - `woken`: one `pg_notify(wake_channel, task id)` per settled task, waking `waitSeconds` readers on
- *   every replica. Only on settling moves: NOTIFY serialises the commits of transactions that issue it.
- *   `woken` is a plain SELECT, so PostgreSQL runs it only when referenced: every statement that embeds
- *   this core must select from it (see {@link TRANSITION_EFFECTS_SELECT}).
+ * Waking `waitSeconds` readers on other replicas is not done here: a NOTIFY inside this statement took
+ * PostgreSQL's global notify lock at every settling commit, serialising them (the callback rate fell by
+ * 37 % in the bench). The process sends the wake after the commit, many tasks per NOTIFY (SettledWakeSender).
  */
 export const TRANSITION_CORE_SQL = `
   cur as (
@@ -220,30 +217,27 @@ export const TRANSITION_CORE_SQL = `
       and not exists (select 1 from upd where upd.moved_ord = cur.ord)
     returning task_id
   ), settled as (
-    select upd.*, v.now as settled_at, v.outbox as write_outbox, v.wake_channel
+    select upd.*, v.now as settled_at, v.outbox as write_outbox
     from upd join v on v.ord = upd.moved_ord
     where upd.status in ('${SETTLED_STATUSES.join("', '")}') and upd.from_status is distinct from upd.status
   ), outbox as (
     insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
     select gen_random_uuid(), settled.id, 'task.' || settled.status, settled.notify_url,
            lower(coalesce(substring(settled.notify_url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)'), '')),
-           to_jsonb(settled) - 'from_status' - 'moved_ord' - 'settled_at' - 'write_outbox' - 'wake_channel'
+           to_jsonb(settled) - 'from_status' - 'moved_ord' - 'settled_at' - 'write_outbox'
              - 'body_hash' - 'lease_owner' - 'lease_expires_at',
            settled.settled_at, 'pending', now()
     from settled
     where settled.write_outbox and settled.notify_url is not null
     returning id, task_id
-  ), woken as (
-    select pg_notify(settled.wake_channel, settled.id::text) from settled where settled.wake_channel is not null
   )`;
 
 /**
  * Columns every statement embedding {@link TRANSITION_CORE_SQL} selects per move (`upd` joined as in its
- * final select): the outbox row written for the move, and the count of wakes, which makes `woken` run.
+ * final select): the outbox row written for the move.
  */
 export const TRANSITION_EFFECTS_SELECT = `
-  (select o.id from outbox o where o.task_id = upd.id) as notification_id,
-  (select count(*) from woken) as woken`;
+  (select o.id from outbox o where o.task_id = upd.id) as notification_id`;
 
 /** The columns of the `v` CTE, in order, with their array types. */
 export const TRANSITION_COLUMNS = [
@@ -252,7 +246,7 @@ export const TRANSITION_COLUMNS = [
   ['quiet', 'boolean'], ['set_result', 'boolean'], ['result', 'text'], ['set_error', 'boolean'], ['error', 'text'],
   ['settled_by', 'text'], ['set_next_check', 'boolean'], ['next_check_at', 'timestamptz'], ['mark_dispatched', 'boolean'],
   ['inc_dispatch', 'boolean'], ['set_ldo', 'boolean'], ['ldo', 'text'], ['inc_check', 'boolean'], ['keep_lease', 'boolean'],
-  ['completes', 'boolean'], ['outbox', 'boolean'], ['wake_channel', 'text'],
+  ['completes', 'boolean'], ['outbox', 'boolean'],
 ] as const;
 
 const TRANSITION_MANY_SQL = `
@@ -292,7 +286,6 @@ export type TransitionRow = TaskRow & {
   conflicted: boolean;
   inbox_claimed: boolean;
   notification_id: string | null;
-  woken: number | string;
 };
 
 const jsonText = (v: unknown): string | null => (v === undefined || v === null ? null : JSON.stringify(v));
@@ -332,7 +325,6 @@ export function transitionArrays(specs: readonly TransitionSpec[], effects: Fina
       c.keepLease ?? false,
       FINAL_STATUSES.includes(spec.to) || spec.to === 'expired',
       effects.outbox ?? false,
-      effects.wakeChannel ?? null,
     ];
     row.forEach((value, k) => cols[k]!.push(value));
   }
@@ -345,7 +337,7 @@ export function transitionResult(row: TransitionRow, inboxId: number | null): Tr
     return { outcome: inboxId !== null && !row.inbox_claimed ? 'already_handled' : 'not_found' };
   }
   if (row.from_status !== null) {
-    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, notification_id: notificationId, woken: _w, ...task } = row as TransitionRow & Record<string, unknown>;
+    const { batch_ord: _b, current_status: _c, from_status: _f, moved_ord: _m, conflicted: _n, inbox_claimed: _i, notification_id: notificationId, ...task } = row as TransitionRow & Record<string, unknown>;
     return { outcome: 'applied', previousStatus: row.from_status, task: task as TaskRow, ...(notificationId ? { notificationId } : {}) };
   }
   return { outcome: row.conflicted ? 'conflict' : 'ignored', previousStatus: row.current_status };

@@ -134,6 +134,8 @@ export class TaskTransitions {
     private readonly logger: Logger,
     /** Group commit of moves (transitionMany); without it, applyBatched is apply. */
     private readonly batch?: (spec: TransitionSpec) => Promise<TransitionResult>,
+    /** A task settled (final, or expired) and the move has committed: wake waiters on other replicas. */
+    private readonly onSettled?: (taskId: string) => void,
   ) {}
 
   /**
@@ -160,6 +162,7 @@ export class TaskTransitions {
         this.metrics.taskTransitions.inc({ partner, from, to: spec.to, source: spec.source });
         if (isFinal(spec.to) || spec.to === 'expired') {
           this.logger.debug({ taskId: result.task.id, from, to: spec.to, source: spec.source }, 'task settled');
+          this.onSettled?.(result.task.id);
         }
       }
       this.notifier.changed(result.task);

@@ -1,8 +1,16 @@
-import { Client } from 'pg';
+import { Client, type Pool } from 'pg';
 import type { Logger } from 'pino';
 
-/** The Postgres channel the transition statement notifies with a task id when the task settles. */
+/** The Postgres channel a process notifies, after the commit, with the ids of tasks that settled (comma-separated). */
 export const TASK_SETTLED_CHANNEL = 'cr_task_settled';
+/** A NOTIFY payload must stay under 8,000 bytes: ids (36 characters and a comma each) per payload. */
+export const IDS_PER_PAYLOAD = 200;
+/**
+ * Settled ids gather this long before one NOTIFY carries them all. A NOTIFY is a transaction of its own
+ * with a commit (a WAL flush); sent once per round trip it added about one commit per settling statement.
+ * 10 ms caps it at 100 a second and adds about 5 ms to a cross-replica wake on average.
+ */
+export const WAKE_WINDOW_MS = 10;
 /** Wait before reconnecting a lost LISTEN connection, doubling to the cap. */
 const RECONNECT_MIN_MS = 250;
 const RECONNECT_MAX_MS = 5000;
@@ -19,10 +27,10 @@ export interface TaskWakeListenerOptions {
 
 /**
  * One LISTEN connection per process, outside the pool, so `waitSeconds` reads wake within milliseconds
- * of a task settling on any replica without each waiting request polling the database. NOTIFY is issued
- * only by settling transitions (in the same statement), because NOTIFY serialises committing
- * transactions that use it. A lost connection is re-established with backoff; on reconnect every local
- * waiter is told to look again. `isLive` says whether wake-ups can be relied on right now.
+ * of a task settling on any replica without each waiting request polling the database. The wakes are
+ * sent by {@link SettledWakeSender} after the settling commits. A lost connection is re-established with
+ * backoff; on reconnect every local waiter is told to look again. `isLive` says whether wake-ups can be
+ * relied on right now.
  */
 export class TaskWakeListener {
   private client: Client | undefined;
@@ -68,7 +76,8 @@ export class TaskWakeListener {
     client.on('error', lost);
     client.on('end', () => lost());
     client.on('notification', (msg) => {
-      if (msg.channel === TASK_SETTLED_CHANNEL && msg.payload) this.opts.onSettled(msg.payload);
+      if (msg.channel !== TASK_SETTLED_CHANNEL || !msg.payload) return;
+      for (const id of msg.payload.split(',')) if (id) this.opts.onSettled(id);
     });
     this.client = client;
     try {
@@ -92,5 +101,66 @@ export class TaskWakeListener {
     this.retryTimer = setTimeout(() => void this.connect(), this.backoffMs);
     this.retryTimer.unref();
     this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
+  }
+}
+
+/**
+ * Sends the cross-replica wake for tasks that settled in this process, after their commit, many ids per
+ * NOTIFY. NOTIFY takes PostgreSQL's global notify lock from the notifying transaction's commit until it
+ * ends, so notifying inside every settling statement serialised those commits (measured: matched
+ * callbacks 1,444/s without it, 903/s with it). Here the ids that settle within {@link WAKE_WINDOW_MS}
+ * go together in one NOTIFY statement: at most 100 small notifying transactions a second, none on the
+ * hot path. A wake lost to a crash or a database error between the commit and the NOTIFY only delays a
+ * waiter on another replica: its wait ends at `waitSeconds` with a fresh read, which has the final state.
+ */
+export class SettledWakeSender {
+  private pending = new Set<string>();
+  private scheduled = false;
+  private sending: Promise<void> | undefined;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The task settled and its move has committed. */
+  settled(taskId: string): void {
+    this.pending.add(taskId);
+    this.schedule();
+  }
+
+  /** Sends what is pending (for shutdown and tests). */
+  async flush(): Promise<void> {
+    while (this.sending || this.pending.size > 0) {
+      if (this.sending) await this.sending;
+      else this.sendNow();
+    }
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.sending) return;
+    this.scheduled = true;
+    setTimeout(() => {
+      this.scheduled = false;
+      if (!this.sending) this.sendNow();
+    }, WAKE_WINDOW_MS).unref();
+  }
+
+  private sendNow(): void {
+    const ids = [...this.pending];
+    this.pending.clear();
+    if (ids.length === 0) return;
+    const payloads: string[] = [];
+    for (let i = 0; i < ids.length; i += IDS_PER_PAYLOAD) payloads.push(ids.slice(i, i + IDS_PER_PAYLOAD).join(','));
+    this.sending = this.pool
+      .query('select pg_notify($1, p) from unnest($2::text[]) as p', [TASK_SETTLED_CHANNEL, payloads])
+      .then(
+        () => undefined,
+        (err: unknown) => this.logger.warn({ err, tasks: ids.length }, 'could not send the settled-task wake; waiters elsewhere answer at their deadline'),
+      )
+      .finally(() => {
+        this.sending = undefined;
+        if (this.pending.size > 0) this.schedule();
+      });
   }
 }

@@ -8,6 +8,7 @@ import { NotificationRepository } from '../../src/notifications/notification-rep
 import { Metrics } from '../../src/observability/metrics';
 import { Housekeeping } from '../../src/reconciler/housekeeping';
 import { TaskRepository } from '../../src/tasks/task-repository';
+import { IDS_PER_PAYLOAD, SettledWakeSender, TASK_SETTLED_CHANNEL, TaskWakeListener } from '../../src/tasks/task-wake-listener';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 
 /** The outbox on real Postgres: written by the transition statement itself, claimed with leases, kept by retention. */
@@ -117,28 +118,8 @@ test('retention deletes done notifications past the retention with the events, n
 });
 
 describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_SQL)', () => {
-  const channel = 'cr_test_settled';
-  let listener: Client;
-  const heard: string[] = [];
-  beforeAll(async () => {
-    listener = new Client({ connectionString: db.url });
-    await listener.connect();
-    listener.on('notification', (m) => {
-      if (m.channel === channel) heard.push(m.payload ?? '');
-    });
-    await listener.query(`listen ${channel}`);
-  });
-  afterAll(async () => {
-    await listener?.end();
-  });
-  /** Waits (bounded) until the listener heard every id; NOTIFY arrives after the commit, asynchronously. */
-  async function heardAll(ids: string[]): Promise<void> {
-    const deadline = Date.now() + 20_000;
-    while (!ids.every((id) => heard.includes(id)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-  }
-
-  test('transitionMany: one notification and one wake per settled task, written by the one statement', async () => {
-    const effects = { outbox: true, wakeChannel: channel };
+  test('transitionMany: one notification per settled task, written by the one statement', async () => {
+    const effects = { outbox: true };
     const repo = new TaskRepository(db.handle.db, db.handle.pool, effects);
     const a = await newTask('https://a.example/h');
     const b = await newTask('https://b.example/h');
@@ -164,11 +145,7 @@ describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_S
     // The snapshot is the task only: none of the statement's bookkeeping columns.
     const snap = (await rowsOf(a))[0]!.task_snapshot;
     expect(snap).toMatchObject({ id: a, status: 'succeeded', result: { v: 1 } });
-    for (const k of ['moved_ord', 'from_status', 'settled_at', 'write_outbox', 'wake_channel', 'lease_owner', 'body_hash']) expect(snap).not.toHaveProperty(k);
-
-    // Woken once per settled task (also the one without a notifyUrl), not for the non-settling move.
-    await heardAll([a, b, plain]);
-    expect(heard.filter((x) => [a, b, plain, moving].includes(x)).sort()).toEqual([a, b, plain].sort());
+    for (const k of ['moved_ord', 'from_status', 'settled_at', 'write_outbox', 'lease_owner', 'body_hash']) expect(snap).not.toHaveProperty(k);
 
     // An expired task that later settles notifies again (one more row), in a batch too.
     const exp = await newTask('https://e.example/h');
@@ -179,8 +156,8 @@ describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_S
     expect((await rowsOf(exp)).map((r) => r.type)).toEqual(['task.expired', 'task.succeeded']);
   });
 
-  test('storeAndApply: a callback stored and applied in one statement writes the outbox and wakes too', async () => {
-    const inbox = new InboxRepository(db.handle.db, db.handle.pool, { outbox: true, wakeChannel: channel });
+  test('storeAndApply: a callback stored and applied in one statement writes the outbox too', async () => {
+    const inbox = new InboxRepository(db.handle.db, db.handle.pool, { outbox: true });
     const id = await newTask('https://cb.example/h');
     const requestNo = (await withOutbox.findById(id))!.request_no;
     const now = new Date();
@@ -192,10 +169,8 @@ describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_S
     ]);
     expect(r).toMatchObject({ stored: true, taskId: id, applied: { outcome: 'applied', notificationId: expect.any(String) } });
     expect((await rowsOf(id)).map((x) => x.type)).toEqual(['task.succeeded']);
-    await heardAll([id]);
-    expect(heard.filter((x) => x === id)).toHaveLength(1);
 
-    // With the outbox off (NOTIFY_SECRET unset) and no channel: no row, no wake.
+    // With the outbox off (NOTIFY_SECRET unset): no row.
     const off = new InboxRepository(db.handle.db, db.handle.pool);
     const quiet = await newTask('https://cb.example/h');
     const [q] = await off.storeAndApply([
@@ -207,5 +182,40 @@ describe('the outbox in the shared multi-row transition block (TRANSITION_CORE_S
     expect(q).toMatchObject({ stored: true, applied: { outcome: 'applied' } });
     expect(q!.stored && q!.applied?.notificationId).toBeUndefined();
     expect(await rowsOf(quiet)).toEqual([]);
+  });
+});
+
+describe('the settled-task wake, sent after the commit (SettledWakeSender → TaskWakeListener)', () => {
+  test('ids settled together share a NOTIFY (at most 200 per payload); each arrives once, split back into ids', async () => {
+    const raw: string[] = [];
+    const rawListener = new Client({ connectionString: db.url });
+    await rawListener.connect();
+    rawListener.on('notification', (m) => {
+      if (m.channel === TASK_SETTLED_CHANNEL) raw.push(m.payload ?? '');
+    });
+    await rawListener.query(`listen ${TASK_SETTLED_CHANNEL}`);
+    const heard: string[] = [];
+    const listener = new TaskWakeListener({ url: db.url, logger: pino({ level: 'silent' }), connectTimeoutMs: 5000, onSettled: (id) => heard.push(id), onResync: () => undefined });
+    await listener.start();
+    const sender = new SettledWakeSender(db.handle.pool, pino({ level: 'silent' }));
+    try {
+      expect(listener.isLive).toBe(true);
+      const ids = Array.from({ length: 450 }, () => randomUUID());
+      for (const id of ids) sender.settled(id); // one I/O turn: one NOTIFY statement, three payloads
+      await sender.flush();
+      const later = randomUUID();
+      sender.settled(later);
+      await sender.flush();
+
+      const deadline = Date.now() + 20_000;
+      while (heard.length < ids.length + 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      expect([...heard].sort()).toEqual([...ids, later].sort());
+      expect(raw).toHaveLength(4);
+      expect(raw.slice(0, 3).map((p) => p.split(',').length)).toEqual([IDS_PER_PAYLOAD, IDS_PER_PAYLOAD, 50]);
+      for (const p of raw) expect(Buffer.byteLength(p)).toBeLessThan(8000);
+    } finally {
+      await listener.stop();
+      await rawListener.end();
+    }
   });
 });
