@@ -27,8 +27,8 @@ import { TaskService } from './tasks/task-service';
 import { TaskNotifier, TaskTransitions } from './tasks/task-transitions';
 import { SettledWakeSender, TaskWakeListener } from './tasks/task-wake-listener';
 import { AddressGuard, type Resolver } from './notifications/address-guard';
-import { DeliveryWorker } from './notifications/delivery-worker';
-import { NotificationRepository } from './notifications/notification-repository';
+import { DeliveryWorker, LEASE_MARGIN_MS as NOTIFY_LEASE_MARGIN_MS } from './notifications/delivery-worker';
+import { NotificationRepository, type AttemptRecord } from './notifications/notification-repository';
 import { notificationRoutes } from './notifications/notification-routes';
 import { NotificationSender } from './notifications/notification-sender';
 import { NotificationService } from './notifications/notification-service';
@@ -155,9 +155,22 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const notificationRepo = new NotificationRepository(database.db, database.pool);
   const guard = config.notifySecret === undefined ? undefined : new AddressGuard({ allowedHosts: config.notifyAllowedHosts, ...(opts.notifyResolver ? { resolver: opts.notifyResolver } : {}) });
   const sender = config.notifySecret === undefined || !guard ? undefined : new NotificationSender(config.notifySecret, guard, config.notifyTimeoutMs, config.notifyHostConcurrency);
+  // Attempt outcomes share statements (group commit). Bounded by the attempts in flight, so it never
+  // refuses; an outcome waits at most the claim's margin, after which the claim would lapse anyway.
+  const notificationRecords = new Batcher<AttemptRecord, boolean>({
+    name: 'notification',
+    run: (records) => notificationRepo.recordAttempts(records),
+    isolate: isDataError,
+    maxBatch: config.batch.maxSize,
+    windowMs: config.batch.windowMs,
+    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 4)),
+    maxQueued: config.notifyConcurrency + 1,
+    maxWaitMs: NOTIFY_LEASE_MARGIN_MS,
+  });
+  metrics.observeQueue('notification', () => notificationRecords.depth);
   const deliveryWorker = sender && opts.deliverNotifications !== false
     ? new DeliveryWorker(
-        { repo: notificationRepo, sender, metrics, logger, instanceId },
+        { repo: notificationRepo, record: (r) => notificationRecords.submit(r), sender, metrics, logger, instanceId },
         {
           concurrency: config.notifyConcurrency,
           hostConcurrency: config.notifyHostConcurrency,
@@ -359,6 +372,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       await transitionBatcher.drain();
       // After the last batched move: outbox rows it wrote are picked up now or by another replica later.
       await deliveryWorker?.stop();
+      await notificationRecords.drain();
       sender?.close();
       await callLog.flush();
       // Waiters on other replicas hear about the last moves before the pool closes.

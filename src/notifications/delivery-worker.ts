@@ -3,7 +3,7 @@ import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, h
 import type { Logger } from 'pino';
 import type { NotificationRow } from '../db/schema';
 import type { Metrics } from '../observability/metrics';
-import type { NotificationRepository } from './notification-repository';
+import type { AttemptRecord, NotificationRepository } from './notification-repository';
 import type { AttemptResult, NotificationSender } from './notification-sender';
 import { judgeAttempt, parseRetryAfter } from './retry-policy';
 
@@ -12,7 +12,7 @@ export const HOST_BREAKER_FAILURES = 5;
 /** How long an open host breaker keeps that host's notifications unclaimed before one trial attempt. */
 export const HOST_BREAKER_HALF_OPEN_MS = 30_000;
 /** Claims lapse this long after the attempt's own timeout (signing, recording), then others take over. */
-const LEASE_MARGIN_MS = 10_000;
+export const LEASE_MARGIN_MS = 10_000;
 /** Breakers kept before closed, idle ones are forgotten. */
 const MAX_BREAKERS = 10_000;
 
@@ -31,6 +31,8 @@ export interface DeliveryWorkerOptions {
 
 export interface DeliveryWorkerDeps {
   repo: NotificationRepository;
+  /** Writes an attempt's outcome (default: repo.recordAttempt; the runtime batches them, one commit per batch). */
+  record?: (r: AttemptRecord) => Promise<boolean>;
   sender: NotificationSender;
   metrics: Metrics;
   logger: Logger;
@@ -209,7 +211,7 @@ export class DeliveryWorker {
     const attempts = row.attempts + 1;
     const retryAfterMs = result.statusCode === 429 || result.statusCode === 503 ? parseRetryAfter(result.retryAfter, Date.now()) : undefined;
     const verdict = judgeAttempt(this.opts.scheduleSeconds, attempts, result.statusCode, retryAfterMs);
-    const recorded = await this.deps.repo.recordAttempt({
+    const recorded = await (this.deps.record ?? ((r: AttemptRecord) => this.deps.repo.recordAttempt(r)))({
       id: row.id,
       owner,
       status: verdict.status,

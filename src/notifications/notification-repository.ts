@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely';
 import type { Pool } from 'pg';
-import { runPrepared } from '../db/prepared';
+import { runPrepared, runRaw } from '../db/prepared';
 import type { Database, NotificationRow, NotificationStatus } from '../db/schema';
 
 /** How one attempt ended, as written back by its claim's holder. */
@@ -13,6 +13,17 @@ export interface AttemptRecord {
   /** For `pending`: wait before the next attempt. */
   retryInMs?: number;
 }
+
+/** Attempt outcomes by notification id, each only where its claim still holds (see recordAttempts). */
+const RECORD_ATTEMPTS_SQL = `
+  update notifications n
+  set status = v.status, attempts = n.attempts + 1, last_status_code = v.status_code, last_error = v.error,
+      next_attempt_at = case when v.status = 'pending' then now() + v.retry_ms * interval '1 millisecond' end,
+      delivered_at = case when v.status = 'delivered' then now() else n.delivered_at end,
+      lease_owner = null, lease_expires_at = null, updated_at = now()
+  from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[]) as v(id, owner, status, status_code, error, retry_ms)
+  where n.id = v.id and n.lease_owner = v.owner
+  returning n.id`;
 
 /**
  * All SQL on the notification outbox. Rows are written by the task's transition statement
@@ -54,14 +65,25 @@ export class NotificationRepository {
 
   /** Writes an attempt's outcome and releases the claim; false when the claim was lost (fenced out). */
   async recordAttempt(r: AttemptRecord): Promise<boolean> {
-    const result = await runPrepared(this.db, this.pool, sql`
-      update notifications
-      set status = ${r.status}, attempts = attempts + 1, last_status_code = ${r.statusCode}, last_error = ${r.error},
-          next_attempt_at = case when ${r.status} = 'pending' then now() + ${r.retryInMs ?? 0} * interval '1 millisecond' end,
-          delivered_at = case when ${r.status} = 'delivered' then now() else delivered_at end,
-          lease_owner = null, lease_expires_at = null, updated_at = now()
-      where id = ${r.id}::uuid and lease_owner = ${r.owner}`);
-    return result.rowCount > 0;
+    return (await this.recordAttempts([r]))[0]!;
+  }
+
+  /**
+   * Writes many attempts' outcomes in one statement (group commit: one commit for a batch of deliveries
+   * instead of one each), each fenced on its own claim. Per record, in order: false when its claim was lost.
+   */
+  async recordAttempts(records: readonly AttemptRecord[]): Promise<boolean[]> {
+    if (records.length === 0) return [];
+    const { rows } = await runRaw<{ id: string }>(this.db, this.pool, 'cr_notification_record', RECORD_ATTEMPTS_SQL, [
+      records.map((r) => r.id),
+      records.map((r) => r.owner),
+      records.map((r) => r.status),
+      records.map((r) => r.statusCode),
+      records.map((r) => r.error),
+      records.map((r) => r.retryInMs ?? 0),
+    ]);
+    const written = new Set(rows.map((row) => row.id));
+    return records.map((r) => written.has(r.id));
   }
 
   /**

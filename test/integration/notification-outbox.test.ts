@@ -4,6 +4,7 @@ import { Client } from 'pg';
 import pino from 'pino';
 import { InboxRepository } from '../../src/callbacks/inbox-repository';
 import { ManualClock } from '../../src/clock';
+import type { NotificationRow } from '../../src/db/schema';
 import { NotificationRepository } from '../../src/notifications/notification-repository';
 import { Metrics } from '../../src/observability/metrics';
 import { Housekeeping } from '../../src/reconciler/housekeeping';
@@ -93,6 +94,37 @@ test('claims never overlap, the lease is apart from the due time, and a lapsed c
   const left = await notifications.claimDue(100, 'v', 60_000, ['c.example']);
   expect(left.length).toBeGreaterThan(0);
   expect(left.every((n) => n.host !== 'c.example')).toBe(true);
+});
+
+test('recordAttempts: many outcomes in one statement, each fenced on its own claim, answered in order', async () => {
+  const ids: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const id = await newTask('https://rec.example/h');
+    await withOutbox.transition({ taskId: id, to: 'succeeded', source: 'poll', now: new Date() });
+    ids.push(id);
+  }
+  const claimed = (await notifications.claimDue(100, 'rec', 60_000, [])).filter((n) => n.host === 'rec.example');
+  expect(claimed).toHaveLength(4);
+  const [a, b, c, d] = claimed as [NotificationRow, NotificationRow, NotificationRow, NotificationRow];
+  const written = await notifications.recordAttempts([
+    { id: a.id, owner: 'rec', status: 'delivered', statusCode: 204, error: null },
+    { id: b.id, owner: 'not-the-holder', status: 'delivered', statusCode: 200, error: null },
+    { id: c.id, owner: 'rec', status: 'pending', statusCode: 503, error: 'HTTP 503', retryInMs: 36_000_000 },
+    { id: d.id, owner: 'rec', status: 'gone', statusCode: 410, error: 'HTTP 410' },
+  ]);
+  expect(written).toEqual([true, false, true, true]);
+  const { rows } = await sql<{ id: string; status: string; attempts: number; last_status_code: number | null; lease_owner: string | null; delivered: boolean; wait_s: number | null }>`
+    select id, status, attempts, last_status_code, lease_owner, delivered_at is not null as delivered,
+           round(extract(epoch from next_attempt_at - now()))::int as wait_s
+    from notifications where id = any(${[a.id, b.id, c.id, d.id]}::uuid[])`.execute(db.handle.db);
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  expect(byId.get(a.id)).toMatchObject({ status: 'delivered', attempts: 1, last_status_code: 204, lease_owner: null, delivered: true, wait_s: null });
+  // The fenced-out record changed nothing: still claimed by its holder, no attempt counted.
+  expect(byId.get(b.id)).toMatchObject({ status: 'pending', attempts: 0, last_status_code: null, lease_owner: 'rec', delivered: false });
+  expect(byId.get(c.id)).toMatchObject({ status: 'pending', attempts: 1, last_status_code: 503, lease_owner: null, delivered: false });
+  expect(byId.get(c.id)!.wait_s).toBeGreaterThanOrEqual(35_990);
+  expect(byId.get(d.id)).toMatchObject({ status: 'gone', attempts: 1, last_status_code: 410, lease_owner: null, wait_s: null });
+  expect(await notifications.recordAttempts([])).toEqual([]);
 });
 
 test('retention deletes done notifications past the retention with the events, never pending ones', async () => {
