@@ -177,6 +177,15 @@ export const scenario: Scenario = {
     await seedDispatched(ctx, db, 'p', PACED.rate * PACED.durationS + 100, `${receiver.url}/paced`);
     await ctx.postgres.query(db.url, 'vacuum analyze tasks');
 
+    // 0. The price of the cross-replica wake: a service with LONG_POLL_NOTIFY=false (no NOTIFY, no LISTEN),
+    //    measured first, after exactly the warm-up and phases the main service has before its own unset run.
+    const quietService = await startServiceProcess(ctx, ctx.teardown, { label: 'no-listen', databaseUrl: db.url, partnersFile, env: serviceEnv({ LONG_POLL_NOTIFY: 'false' }) });
+    await createRate(ctx, quietService, undefined);
+    await callbackRate(ctx, quietService, 'y', n, { durationS: 3 });
+    await createRate(ctx, quietService, undefined);
+    const cbNoNotify = await callbackRate(ctx, quietService, 'w', n);
+    await quietService.handle.stop();
+
     // 1. Outbox cost, same service, same run: create unset/set, callbacks unset/set.
     const service = await startServiceProcess(ctx, ctx.teardown, { label: 'notify', databaseUrl: db.url, partnersFile, env: serviceEnv() });
     // Warm-ups of both paths first; each measured phase starts with no delivery left from the one before.
@@ -211,14 +220,10 @@ export const scenario: Scenario = {
       { scenario: 'notifications: final transition → arrival at the receiver (during the saturating callback run above)', metric: 'p50 / p99', value: lat.p50, display: `${ms(lat.p50)} / ${ms(lat.p99)} (${fmtNumber(lat.count)} notifications)` },
       { scenario: `notifications: final transition → arrival at the receiver, callbacks paced at ${PACED.rate}/s for ${PACED.durationS} s`, metric: 'p50 / p99', value: paced.p50, display: `${ms(paced.p50)} / ${ms(paced.p99)} (${fmtNumber(paced.count)} notifications)`, target: { op: '<', value: TARGETS.arrivalP50Ms } },
     );
-    await service.handle.stop();
 
-    // 2. The price of NOTIFY on final transitions: callbacks with the cross-replica wake off.
-    const quietService = await startServiceProcess(ctx, ctx.teardown, { label: 'no-listen', databaseUrl: db.url, partnersFile, env: serviceEnv({ LONG_POLL_NOTIFY: 'false' }) });
-    await callbackRate(ctx, quietService, 'y', n, { durationS: 3 }); // warm-up, as the first service had
-    const cbNoNotify = await callbackRate(ctx, quietService, 'w', n);
+    // 2. The price of the cross-replica wake on callbacks (from phase 0).
     rows.push({
-      scenario: 'notifications: matched callbacks with LONG_POLL_NOTIFY=false (no NOTIFY, no LISTEN) vs the unset run above (settled ids NOTIFYed after each commit, batched)',
+      scenario: 'notifications: matched callbacks, a service with LONG_POLL_NOTIFY=false (no NOTIFY, no LISTEN; measured first, same warm-up) vs the unset run above (settled ids NOTIFYed after each commit, batched)',
       metric: 'callbacks applied/s without → with NOTIFY',
       value: cbUnset,
       display: `${fmtNumber(cbNoNotify)} → ${fmtNumber(cbUnset)} /s (${cost(cbNoNotify, cbUnset).toFixed(1)} %)`,
@@ -246,7 +251,7 @@ export const scenario: Scenario = {
       value: counted / SETTINGS.durationS,
       display: `${fmtNumber(counted / SETTINGS.durationS)} /s`,
     });
-    await quietService.handle.stop();
+    await service.handle.stop();
     return rows;
   },
 };
