@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,7 +6,7 @@ import { sleep } from '../support/processes';
 import { migrateDatabase, warnLines } from '../support/services';
 import { Teardown } from '../support/teardown';
 import { account, markdownTable, renderAccounting, type CallbackEventView, type InboxRowView, type TaskRowView } from './accounting';
-import { parseArgs, requireBuild, stablePort, startSimulator, SUITE_API_KEY, writePartners, writeResults } from './common';
+import { gitCommit, parseArgs, requireBuild, stablePort, startSimulator, SUITE_API_KEY, writePartners, writeResults } from './common';
 import { CHAOS_SCRIPTS, CreateLoad, seededRandom } from './create-client';
 import { LoadBalancer } from './load-balancer';
 import { Replica } from './replica';
@@ -318,14 +317,6 @@ async function main(): Promise<number> {
   } finally {
     await td.run();
     if (!keepTmp) await rm(tmpDir, { recursive: true, force: true });
-  }
-}
-
-function gitCommit(): string {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
-  } catch {
-    return 'unknown';
   }
 }
 

@@ -1,9 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { DEMO_PARTNER_SECRET } from '../../src/config/simulator-config';
-import { DIST_ROOT, RESULTS_DIR } from '../support/paths';
+import { DIST_ROOT, REPO_ROOT, RESULTS_DIR } from '../support/paths';
 import { freePort } from '../support/ports';
 import { baseEnv, startProcess, waitForHttpOk, type ChildHandle } from '../support/processes';
 
@@ -120,3 +121,12 @@ export async function writeResults(name: string, markdown: string, json: unknown
 }
 
 export const secondsSince = (t0: number): string => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
+
+/** The short commit of the checkout (`unknown` outside git). */
+export function gitCommit(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
+  } catch {
+    return 'unknown';
+  }
+}

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +9,7 @@ import { migrateDatabase, warnLines } from '../support/services';
 import { percentile } from '../support/stats';
 import { Teardown } from '../support/teardown';
 import { markdownTable } from './accounting';
-import { parseArgs, requireBuild, stablePort, startSimulator, SUITE_API_KEY, writePartners, writeResults } from './common';
+import { gitCommit, parseArgs, requireBuild, stablePort, startSimulator, SUITE_API_KEY, writePartners, writeResults } from './common';
 import { pickScript, seededRandom, type TaskScript } from './create-client';
 import { poolFlat, rssFlat } from './flatness';
 import { Replica } from './replica';
@@ -99,6 +98,8 @@ function options() {
 
 async function main(): Promise<number> {
   requireBuild();
+  // The code under test is the build made when the run began; a commit made during a long run is not in it.
+  const commit = gitCommit();
   const opts = options();
   const random = seededRandom(opts.seed);
   const td = new Teardown(log);
@@ -316,7 +317,7 @@ async function main(): Promise<number> {
     const logs = await warnLines(path.join(tmpDir, 'service.log'));
 
     const markdown = [
-      `## Soak run (${new Date().toISOString()}, commit ${gitCommit()})`,
+      `## Soak run (${new Date().toISOString()}, commit ${commit} when the run began)`,
       '',
       `${opts.minutes} minutes, the first ${opts.warmup} warm-up (marked *); ${opts.rate} creates/s (mix: ${SOAK_SCRIPTS.map((s) => `${s.name} ${s.weight}%`).join(', ')}), 1 in 5 followed by a 10 s long-poll, 2 reads per create (by id, by request number, events) and a list page per second. One service process (pool ${poolSize}), the simulator in another; samples every ${SAMPLE_EVERY_MS / 1000} s, RSS is the minute's median.`,
       '',
@@ -382,14 +383,6 @@ async function scrape(url: string): Promise<Map<string, number>> {
     out.set(line.slice(0, at), Number(line.slice(at + 1)));
   }
   return out;
-}
-
-function gitCommit(): string {
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
-  } catch {
-    return 'unknown';
-  }
 }
 
 main().then(
