@@ -1,6 +1,6 @@
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import type autocannon from 'autocannon';
 import { Webhook } from 'standardwebhooks';
 import { DEMO_PARTNER_SECRET } from '../../src/config/simulator-config';
@@ -13,7 +13,7 @@ import { fmtNumber, summarize } from '../support/stats';
 import type { ResultRow, Scenario, ScenarioContext } from '../support/types';
 
 /**
- * `notifications`: outcome notifications to a local receiver (in this process, 127.0.0.1, allowed by
+ * `notifications`: outcome notifications to a local receiver (a process of its own, 127.0.0.1, allowed by
  * NOTIFY_ALLOWED_HOSTS).
  * 1. What the outbox costs: `POST /v1/tasks` and matched callbacks per second with `notifyUrl` unset vs
  *    set, in the same run and service; and the callback rate with the cross-replica wake (NOTIFY on final
@@ -37,39 +37,52 @@ const PACED = { rate: envNumber('BENCH_NOTIFY_PACED_RATE', 100), durationS: 5 };
 const NOTIFY_SECRET = `whsec_${Buffer.from('bench-notify-secret-0123456789').toString('base64')}`;
 const partnerHook = new Webhook(DEMO_PARTNER_SECRET);
 
+interface Arrival {
+  /** When it arrived (epoch ms, the receiver's clock: this machine's). */
+  at: number;
+  /** The body's `timestamp`: when the task's final transition happened. */
+  eventAt: number;
+}
+
 interface Receiver {
   url: string;
-  /** Arrival time (epoch ms) and the body's timestamp, per arrival. */
-  arrivals: Array<{ at: number; eventAt: number }>;
+  count(): Promise<number>;
+  /** Arrivals from the `from`-th on, in arrival order. */
+  since(from: number): Promise<Arrival[]>;
   close(): Promise<void>;
 }
 
+/** Forks the receiver process (bench/support/receiver-process.ts) and talks to it over IPC. */
 async function startReceiver(): Promise<Receiver> {
-  const arrivals: Receiver['arrivals'] = [];
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const at = Date.now();
-      try {
-        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { timestamp: string };
-        arrivals.push({ at, eventAt: Date.parse(body.timestamp) });
-      } catch {
-        arrivals.push({ at, eventAt: Number.NaN });
-      }
-      res.writeHead(204).end();
-    });
+  const child = fork(path.join(__dirname, '..', 'support', 'receiver-process.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code: number | null) => reject(new Error(`the receiver process exited (${code}) before listening`)));
+    child.once('message', (m: { kind?: string; port?: number }) => (m.kind === 'ready' && m.port ? resolve(m.port) : reject(new Error('unexpected first message from the receiver'))));
   });
-  server.keepAliveTimeout = 60_000;
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  let nextId = 0;
+  const ask = <T>(msg: Record<string, unknown>): Promise<T> =>
+    new Promise<T>((resolve) => {
+      const id = nextId++;
+      const onMessage = (m: { id?: number } & T) => {
+        if (m.id !== id) return;
+        child.off('message', onMessage);
+        resolve(m);
+      };
+      child.on('message', onMessage);
+      child.send({ ...msg, id });
+    });
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    arrivals,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    url: `http://127.0.0.1:${port}`,
+    count: async () => (await ask<{ count: number }>({ kind: 'count' })).count,
+    since: async (from) =>
+      (await ask<{ arrivals: Array<{ at: number; eventAt: number | null }> }>({ kind: 'since', from })).arrivals.map((a) => ({ at: a.at, eventAt: a.eventAt ?? Number.NaN })),
+    close: async () => {
+      if (child.exitCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.disconnect();
+      await exited;
+    },
   };
 }
 
@@ -149,8 +162,9 @@ async function drained(ctx: ScenarioContext, db: FreshDatabase, receiver: Receiv
   const deadline = Date.now() + 120_000;
   for (let last = -1; Date.now() < deadline; ) {
     const [row] = await ctx.postgres.query<{ n: number }>(db.url, "select count(*)::int as n from notifications where status = 'pending'");
-    if ((row?.n ?? 0) === 0 && receiver.arrivals.length === last) return;
-    last = receiver.arrivals.length;
+    const count = await receiver.count();
+    if ((row?.n ?? 0) === 0 && count === last) return;
+    last = count;
     await sleep(500);
   }
   ctx.note('notifications: deliveries were still pending 120 s after a phase');
@@ -196,21 +210,21 @@ export const scenario: Scenario = {
     await drained(ctx, db, receiver);
     const createSet = await createRate(ctx, service, `${receiver.url}/created`);
     await drained(ctx, db, receiver);
-    const arrivalsBefore = receiver.arrivals.length;
+    const arrivalsBefore = await receiver.count();
     const cbSet = await callbackRate(ctx, service, 's', n);
     // Let the notifications of that run arrive, then take their latency.
-    for (let last = -1; receiver.arrivals.length !== last; ) {
-      last = receiver.arrivals.length;
+    for (let last = -1, now = await receiver.count(); now !== last; now = await receiver.count()) {
+      last = now;
       await settle(1000);
     }
-    const latencies = receiver.arrivals.slice(arrivalsBefore).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v));
+    const latencies = (await receiver.since(arrivalsBefore)).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v));
     const lat = summarize(latencies);
     // The same latency at a steady, unsaturated rate (what a receiver sees when the service is not at its limit).
     await drained(ctx, db, receiver);
-    const pacedBefore = receiver.arrivals.length;
+    const pacedBefore = await receiver.count();
     await callbackRate(ctx, service, 'p', PACED.rate * PACED.durationS + 100, PACED);
     await drained(ctx, db, receiver);
-    const paced = summarize(receiver.arrivals.slice(pacedBefore).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v)));
+    const paced = summarize((await receiver.since(pacedBefore)).map((a) => a.at - a.eventAt).filter((v) => Number.isFinite(v)));
     const cost = (unset: number, set: number) => (unset > 0 ? ((unset - set) / unset) * 100 : Number.NaN);
     rows.push(
       { scenario: 'notifications: create, notifyUrl unset vs set (same service, one after the other)', metric: 'tasks created/s unset → set', value: createSet, display: `${fmtNumber(createUnset)} → ${fmtNumber(createSet)} /s` },
@@ -231,7 +245,7 @@ export const scenario: Scenario = {
 
     // 3. Deliveries per second from a backlog, with the service that runs the worker.
     const backlog = SETTINGS.backlog;
-    const before = receiver.arrivals.length;
+    const before = await receiver.count();
     await ctx.postgres.query(
       db.url,
       `insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
@@ -242,7 +256,7 @@ export const scenario: Scenario = {
     const start = Date.now();
     const windowMs = SETTINGS.durationS * 1000;
     await sleep(windowMs + 1500);
-    const inWindow = receiver.arrivals.slice(before).filter((a) => a.at - start <= windowMs + 1500);
+    const inWindow = (await receiver.since(before)).filter((a) => a.at - start <= windowMs + 1500);
     const first = inWindow[0]?.at ?? start;
     const counted = inWindow.filter((a) => a.at - first <= windowMs).length;
     rows.push({
