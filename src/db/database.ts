@@ -40,6 +40,11 @@ export function openDatabase(opts: DatabaseOptions): DatabaseHandle {
   });
   // An idle client losing its connection must not crash the process; the pool replaces it.
   pool.on('error', () => undefined);
+  // Nor may a checked-out one: pg-pool removes its own listener while a client is lent out, and a client
+  // whose socket breaks mid-query (a reset, not a server-sent error) also emits 'error', which with no
+  // listener is an uncaught exception that ends the process. The query itself is rejected with the error,
+  // so its caller still sees it (503 on the routes); this listener only keeps the process alive.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let closed: Promise<void> | undefined;
   return {

@@ -240,7 +240,8 @@ describe('the settled-task wake, sent after the commit (SettledWakeSender → Ta
       await sender.flush();
 
       const deadline = Date.now() + 20_000;
-      while (heard.length < ids.length + 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      // Two connections listen: each gets the NOTIFYs on its own schedule, so wait for both.
+      while ((heard.length < ids.length + 1 || raw.length < 4) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
       expect([...heard].sort()).toEqual([...ids, later].sort());
       expect(raw).toHaveLength(4);
       expect(raw.slice(0, 3).map((p) => p.split(',').length)).toEqual([IDS_PER_PAYLOAD, IDS_PER_PAYLOAD, 50]);
