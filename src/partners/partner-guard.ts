@@ -9,8 +9,24 @@ import type { Metrics } from '../observability/metrics';
 export const BREAKER_CONSECUTIVE_FAILURES = 5;
 /** How long an open breaker waits before letting one trial call through. */
 export const BREAKER_HALF_OPEN_AFTER_MS = 5000;
-/** The rate limit is enforced over windows this long, so a window edge lets at most ~10% extra through. */
+/** A partner's rate limit is granted in windows holding about a tenth of a second's requests each. */
 const RATE_WINDOW_FRACTION = 10;
+
+/**
+ * The limiter's window for `perSecond`: `points` requests per `durationMs`. Windows never overlap, and a
+ * one-second span meets at most floor(1000 / durationMs) + 1 of them, so the window is sized to make that
+ * at most perSecond / points: no one-second span, wherever it starts, holds more than `perSecond`
+ * grants. (Plain perSecond / 10 per 100 ms let 11 windows, 10 % over, into a span; the partner, counting
+ * at arrival, then saw more than its limit as soon as network or scheduling jitter bunched requests.)
+ * The price is the average rate: about (n − 1) / n of the limit for n windows a second (20/s sends 17.9/s).
+ */
+export function rateWindow(perSecond: number): { points: number; durationMs: number } {
+  const points = Math.max(1, Math.floor(perSecond / RATE_WINDOW_FRACTION));
+  const windowsPerSpan = Math.floor(perSecond / points);
+  // Whole milliseconds (the store keeps expiry times as integers); rounding up only makes windows fewer.
+  const durationMs = windowsPerSpan >= 2 ? Math.ceil(1000 / (windowsPerSpan - 1)) : 1001;
+  return { points, durationMs };
+}
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
@@ -53,9 +69,8 @@ export class PartnerGuard {
     });
     const perSecond = partner.rateLimit?.perSecond;
     if (perSecond && pool) {
-      // e.g. 20/s becomes 2 per 100 ms: any one-second span holds at most 11 windows, i.e. ≤ 10% over.
-      const points = Math.max(1, Math.floor(perSecond / RATE_WINDOW_FRACTION));
-      const durationMs = (points / perSecond) * 1000;
+      // e.g. 20/s becomes 2 per 112 ms: any one-second span meets at most 9 windows, 18 requests.
+      const { points, durationMs } = rateWindow(perSecond);
       this.window = { points, durationMs };
       this.limiter = new RateLimiterPostgres({
         storeClient: pool,

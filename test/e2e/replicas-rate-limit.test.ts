@@ -8,7 +8,10 @@ import { insertDispatchedTasks, maxInSlidingWindow, scrapeUrl, seedSimulator, st
  * A partner's `rateLimit` holds across replicas (the limit lives in Postgres): three in-process services
  * over one database, each sweeping in a tight loop (`runOnce()` every ~20 ms, real clock), poll ~200 due
  * tasks of a partner limited to 20 requests per second. The simulator's request log must never show more
- * than 22 requests (20 + 10%) inside any sliding one-second window.
+ * than 22 requests (20 + 10%) inside any sliding one-second window: the limiter grants at most 20 in any
+ * one-second span (see rateWindow), and the 10 % is for arrival jitter, since the replicas and the
+ * simulator share this process's event loop. (With windows that let 22 through at grant time, jitter
+ * took the count to 23–24 in loaded CI runs.)
  */
 
 const PER_SECOND = 20;
