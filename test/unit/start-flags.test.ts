@@ -19,3 +19,14 @@ test('npm start and the Dockerfile CMD size the V8 heap the same way', () => {
   expect(words.at(-1)).toBe('dist/src/main.js');
   expect(words.slice(1, -1)).toEqual(fromStart);
 });
+
+test('the zero-setup check finds the process npm start runs (its pattern once missed the heap flags)', () => {
+  const script = readFileSync(path.join(root, '.ci/zero-setup-check'), 'utf8');
+  const pattern = /pgrep -s "\$service_pid" -f '([^']+)'/.exec(script);
+  expect(pattern).not.toBeNull();
+  const start = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start;
+  const re = new RegExp(pattern![1]!);
+  // pgrep -f matches the whole command line: the node process matches, the `sh -c` npm wraps it in does not.
+  expect(re.test(start)).toBe(true);
+  expect(re.test(`sh -c ${start}`)).toBe(false);
+});
