@@ -161,9 +161,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     name: 'notification',
     run: (records) => notificationRepo.recordAttempts(records),
     isolate: isDataError,
-    maxBatch: config.batch.maxSize,
-    windowMs: config.batch.windowMs,
-    maxConcurrent: Math.max(1, Math.floor(config.dbPoolSize / 4)),
+    ...batchOptions(config),
     maxQueued: config.notifyConcurrency + 1,
     maxWaitMs: NOTIFY_LEASE_MARGIN_MS,
   });

@@ -146,7 +146,8 @@ export interface Config {
   readonly notifyConcurrency: number;
   readonly notifyHostConcurrency: number;
   /**
-   * Final transitions issue a Postgres NOTIFY so `waitSeconds` reads on every replica wake at once. False
+   * Settling moves are announced by a Postgres NOTIFY after their commit (batched every 10 ms; see
+   * SettledWakeSender) so `waitSeconds` reads on every replica wake at once. False
    * (e.g. behind a transaction-pooling PgBouncer, which cannot LISTEN) falls back to re-reading every 500 ms.
    */
   readonly longPollNotify: boolean;
