@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { copyFile, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type autocannon from 'autocannon';
 import { v7 as uuidv7 } from 'uuid';
@@ -539,6 +539,7 @@ async function profileService(ctx: ScenarioContext): Promise<ProfileSummary | un
   const sized = await Promise.all(files.map(async (f) => ({ f, size: (await stat(path.join(dir, f))).size })));
   const file = path.join(dir, sized.sort((a, b) => b.size - a.size)[0]!.f);
   const kept = path.join(ctx.resultsDir, 'create-service.cpuprofile');
+  await mkdir(ctx.resultsDir, { recursive: true }); // a fresh clone has no bench/results yet
   await copyFile(file, kept);
   const summary = summariseCpuProfile(file, ctx.repoRoot);
   ctx.note(
