@@ -166,7 +166,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     maxWaitMs: NOTIFY_LEASE_MARGIN_MS,
   });
   metrics.observeQueue('notification', () => notificationRecords.depth);
-  const deliveryWorker = sender && opts.deliverNotifications !== false
+  // NOTIFY_CONCURRENCY=0: an API-only replica; its notifications are delivered by replicas that run a worker.
+  const deliveryWorker = sender && opts.deliverNotifications !== false && config.notifyConcurrency > 0
     ? new DeliveryWorker(
         { repo: notificationRepo, record: (r) => notificationRecords.submit(r), sender, metrics, logger, instanceId },
         {

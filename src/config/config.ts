@@ -36,7 +36,7 @@ export const DEFAULTS = Object.freeze({
   notifyTimeoutMs: 5000,
   /** The schedule Svix publishes: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. */
   notifyScheduleSeconds: '5,300,1800,7200,18000,36000,36000',
-  /** Notification attempts in flight per process. */
+  /** Notification attempts in flight per process (0: this process delivers none; other replicas do). */
   notifyConcurrency: 32,
   /** Attempts in flight per receiver host and process, so one slow receiver cannot take every slot. */
   notifyHostConcurrency: 4,
@@ -93,7 +93,8 @@ const envSchema = z.object({
     .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean).map(Number))
     .refine((list) => list.length >= 1 && list.length <= 50 && list.every((n) => Number.isFinite(n) && n >= 0 && n <= 30 * 86_400), 'must be 1-50 comma-separated waits in seconds (0 to 2592000)'),
   NOTIFY_ALLOWED_HOSTS: z.string().optional(),
-  NOTIFY_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyConcurrency),
+  // 0: this replica writes notifications (the outbox) but delivers none; replicas with workers do.
+  NOTIFY_CONCURRENCY: intFromEnv(0, 10_000).default(DEFAULTS.notifyConcurrency),
   NOTIFY_HOST_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyHostConcurrency),
   LONG_POLL_NOTIFY: z.enum(['true', 'false']).default('true'),
   BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
