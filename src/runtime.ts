@@ -20,7 +20,7 @@ import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository, type InsertResult, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type LeaseConfirmation, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
 import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
@@ -53,9 +53,10 @@ function worstCheckMs(partner: PartnerConfig | undefined): number {
 }
 
 /**
- * The three batchers (creates, callbacks, dispatch outcomes) share the pool with reads and the reconciler:
- * each may hold at most a quarter of it (at least one connection), so a burst of writes never starves the
- * rest. Two batches of up to 64 in flight are plenty: a batch costs about one round trip whatever its size.
+ * The batchers (creates, callbacks, moves, lease fences, notification outcomes) share the pool with reads
+ * and the reconciler: each may hold at most a quarter of it (at least one connection), so a burst of
+ * writes never starves the rest. Two batches of up to 64 in flight are plenty: a batch costs about one
+ * round trip whatever its size.
  */
 function batchOptions(config: Config) {
   return {
@@ -193,6 +194,18 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const settledWakes = config.longPollNotify ? new SettledWakeSender(database.pool, logger) : undefined;
   const transitions = new TaskTransitions(repo, metrics, notifier, logger, (spec) => transitionBatcher.submit(spec), settledWakes && ((id) => settledWakes.settled(id)));
   const callLog = new PartnerCallLog(database.db, logger);
+  // The fence before every partner call (each dispatch, each status query) shares statements: under load
+  // hundreds a second, each one round trip of its own otherwise. A plain read, so items never conflict
+  // (one id twice in a batch is answered twice). Refused (saturated, or stopped at shutdown), a fence is
+  // unconfirmed and nothing is sent: the dispatcher hands the claim back, a check's claim lapses.
+  const leaseBatcher = new Batcher<LeaseConfirmation, boolean>({
+    name: 'lease',
+    run: (items) => repo.confirmLeases(items),
+    isolate: isDataError,
+    ...batchOptions(config),
+  });
+  metrics.observeQueue('lease', () => leaseBatcher.depth);
+  const confirmLease = (id: string, owner: string, minLeftMs: number): Promise<boolean> => leaseBatcher.submit({ id, owner, minLeftMs });
   const dispatcher = new Dispatcher({
     callLog,
     partners,
@@ -204,6 +217,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     publicBaseUrl: config.publicBaseUrl,
     concurrency: config.dispatchConcurrency,
     onDue: (at) => reconciler.nudgeAt(at),
+    confirmLease,
   });
   // The same outbox and wake as the repo's: a callback stored and applied in one statement notifies too.
   const inbox = new InboxRepository(database.db, database.pool, finalEffects);
@@ -257,7 +271,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     checkNotifyUrl: (url): Promise<void> => notifications.checkNotifyUrl(url),
   });
   const notifications = new NotificationService({ repo: notificationRepo, tasks, guard, wake: () => deliveryWorker?.wake() });
-  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger, callLog });
+  const checker = new TaskChecker({ partners, dispatcher, transitions, repo, metrics, clock, logger, callLog, confirmLease });
   const story = new StoryService({ repo: new StoryRepository(database.db), tasks, partners, clock });
   const reconciler = new Reconciler(
     { repo, checker, metrics, clock, logger, instanceId, worstCheckMs: (id) => worstCheckMs(partners.get(id)?.config) },
@@ -368,6 +382,11 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       // Dispatches in flight finish (until the deadline); queued ones are handed back, and every
       // hand-back statement is awaited before the pool closes.
       await dispatcher.drain(deadline);
+      // Only checks and dispatches fence, and both are done by now (the reconciler stopped above, the
+      // dispatcher just drained). One still running past the deadline is refused from here on (stopped):
+      // unconfirmed, so it sends nothing. Drained before the transition batcher, so a call let through
+      // by a fence still queued here can yet record its outcome (if not, the reconciler asks first).
+      await leaseBatcher.drain();
       await transitionBatcher.drain();
       // After the last batched move: outbox rows it wrote are picked up now or by another replica later.
       await deliveryWorker?.stop();

@@ -32,6 +32,12 @@ export interface DispatcherDeps {
   /** Where each attempt is recorded for the task's story. */
   callLog?: PartnerCallLog;
   /**
+   * The fence before each call: whether `owner` still holds the task's lease for `minLeftMs` more (the
+   * database's clock). The runtime passes the lease batcher's submit (many fences, one statement); by
+   * default `repo.confirmLease`, one statement each.
+   */
+  confirmLease?: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+  /**
    * Told when a recorded outcome left the task due already (an on-demand check was asked for while the
    * dispatch held the lease), so the reconciler checks it now rather than at its next tick.
    */
@@ -40,6 +46,20 @@ export interface DispatcherDeps {
 
 /** What dispatchNow came to: the partner's answer, `not_held` (the lease is no longer ours: nothing sent), or undefined (unknown partner). */
 export type DispatchNowResult = DispatchResult | 'not_held' | undefined;
+
+/**
+ * The fence before a dispatch could not be checked (the lease batcher refused it: saturated or stopped;
+ * or the database failed), so the dispatch was NOT sent. `cause` says why.
+ */
+export class DispatchNotSentError extends Error {
+  override name = 'DispatchNotSentError';
+  constructor(
+    readonly taskId: string,
+    cause: unknown,
+  ) {
+    super(`dispatch of ${taskId} not sent: the lease could not be confirmed (${cause instanceof Error ? cause.message : String(cause)})`, { cause });
+  }
+}
 
 interface Job {
   task: TaskRow;
@@ -58,9 +78,11 @@ export class Dispatcher {
   private readonly handBacks = new Set<Promise<void>>();
   private readonly maxQueued: number;
   private accepting = true;
+  private readonly confirmLease: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
 
   constructor(private readonly deps: DispatcherDeps) {
     this.maxQueued = deps.concurrency * 20;
+    this.confirmLease = deps.confirmLease ?? ((id, owner, minLeftMs) => deps.repo.confirmLease(id, owner, minLeftMs));
   }
 
   /** Callback URL handed to partners for tasks of `partner`. */
@@ -121,7 +143,14 @@ export class Dispatcher {
     // ours and outlast the whole attempt by the database's clock. (A re-send after a transient failure is
     // marked "ask first" beforehand by the checker's beginResend.)
     const minLeftMs = client.config.dispatch.timeoutMs + LEASE_SAFETY_MARGIN_MS;
-    if (!(await this.deps.repo.confirmLease(task.id, fence, minLeftMs))) return 'not_held';
+    let held: boolean;
+    try {
+      held = await this.confirmLease(task.id, fence, minLeftMs);
+    } catch (err) {
+      // Unconfirmed is not held: never call the partner on a fence that was not checked.
+      throw new DispatchNotSentError(task.id, err);
+    }
+    if (!held) return 'not_held';
     const startedAt = this.deps.clock.now();
     const result = await client.dispatch({
       requestNo: task.request_no,
@@ -171,6 +200,15 @@ export class Dispatcher {
       // Waited too long in the queue (the lease would not cover the attempt) or lost it: hand it back.
       if ((await this.dispatchNow(task, leaseOwner)) === 'not_held') this.giveUp(job);
     } catch (err) {
+      if (err instanceof DispatchNotSentError) {
+        // The fence could not be checked (lease batcher saturated or stopped, database trouble): nothing
+        // was sent, so the claim is handed back (fenced on it, so only if still ours) and the reconciler
+        // asks the partner first, as after any first dispatch not recorded; if the hand-back fails too,
+        // the claim lapses to the same effect.
+        this.deps.logger.warn({ err: err.cause, taskId: task.id }, 'dispatch not sent: the lease could not be confirmed; claim handed back');
+        this.giveUp(job);
+        return;
+      }
       // The outcome could not be recorded (database trouble). The lease runs out and the reconciler
       // asks the partner before doing anything else, so nothing is lost or sent blindly twice.
       this.deps.logger.error({ err, taskId: task.id }, 'dispatch outcome not recorded');

@@ -46,6 +46,13 @@ export interface TaskCheckerDeps {
   logger: Logger;
   /** Where each status query is recorded for the task's story. */
   callLog?: PartnerCallLog;
+  /**
+   * The fence before each status query (see DispatcherDeps.confirmLease): the runtime passes the lease
+   * batcher's submit; by default `repo.confirmLease`. When it throws (the batcher saturated or stopped,
+   * the database failing), the check throws before anything is asked: the claim lapses and the task is
+   * checked again.
+   */
+  confirmLease?: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
 }
 
 /**
@@ -65,7 +72,11 @@ export class TaskChecker {
   /** When this process last had an answer about a task (the app's clock), oldest first; pruned as it grows. */
   private readonly lastQueried = new Map<string, number>();
 
-  constructor(private readonly deps: TaskCheckerDeps) {}
+  private readonly confirmLease: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+
+  constructor(private readonly deps: TaskCheckerDeps) {
+    this.confirmLease = deps.confirmLease ?? ((id, owner, minLeftMs) => deps.repo.confirmLease(id, owner, minLeftMs));
+  }
 
   /**
    * @param routine where to put a routine "still processing" result instead of writing it at once; the
@@ -93,7 +104,7 @@ export class TaskChecker {
       await this.deps.repo.defer(task.id, fence, new Date(now.getTime() + MIN_STATUS_QUERY_GAP_MS - sinceLast));
       return 'deferred';
     }
-    if (!(await this.deps.repo.confirmLease(task.id, fence, partner.status.timeoutMs + LEASE_SAFETY_MARGIN_MS))) return 'fenced_out';
+    if (!(await this.confirmLease(task.id, fence, partner.status.timeoutMs + LEASE_SAFETY_MARGIN_MS))) return 'fenced_out';
     const answer = await client.status(task.request_no);
     if (answer.kind !== 'deferred') {
       this.deps.callLog?.record({

@@ -363,6 +363,35 @@ export const CONFIRM_LEASE_SQL = `
     and t.lease_expires_at > now() + $3 * interval '1 millisecond'`;
 
 /**
+ * The fence for a batch of partner calls, one statement for all of them ($1 task ids, $2 lease owners,
+ * $3 ms each lease must still last, as parallel arrays): one row per item, in the items' order, `held`
+ * by the rule of {@link CONFIRM_LEASE_SQL}, asked of each item on its own (an id that appears twice is
+ * simply looked up twice). A plain read: no lock, so it never waits on a move or a claim.
+ *
+ * Each item is one probe of the primary key, whatever the statistics say. As a join (`left join tasks t
+ * on t.id = v.id and ...`) the planner was free to pick a sequential scan: with statistics taken when
+ * almost no task was open, the plan made for a batch of 500 read every open task into memory and
+ * compared it with every item (test/integration/lookup-plans.test.ts). A correlated EXISTS is a subplan
+ * run once per item with the id as its parameter, and its only sensible path is the primary key; it
+ * cannot be hashed either (the lease comparison is no equality).
+ */
+export const CONFIRM_LEASES_SQL = `
+  select v.ord, exists (
+    select 1 from tasks t
+    where t.id = v.id and t.lease_owner = v.owner and ${STILL_OPEN_SQL}
+      and t.lease_expires_at > now() + v.min_left_ms * interval '1 millisecond'
+  ) as held
+  from unnest($1::uuid[], $2::text[], $3::int[]) with ordinality as v(id, owner, min_left_ms, ord)
+  order by v.ord`;
+
+/** One fence of a batch: {@link TaskRepository.confirmLeases}. */
+export interface LeaseConfirmation {
+  id: string;
+  owner: string;
+  minLeftMs: number;
+}
+
+/**
  * The next check of a task whose lease is being given up: `next`, unless an on-demand check was asked
  * for under the lease, which then becomes due (coalesced: not sooner than the gap after the last check).
  * A final move (`next` null) stays null.
@@ -657,6 +686,23 @@ export class TaskRepository {
   async confirmLease(id: string, owner: string, minLeftMs: number): Promise<boolean> {
     const r = await runRaw(this.db, this.pool, 'cr_confirm_lease', CONFIRM_LEASE_SQL, [id, owner, minLeftMs]);
     return r.rows.length > 0;
+  }
+
+  /**
+   * {@link confirmLease} for many partner calls in one statement (the lease batcher's run): one answer
+   * per item, in order. Items may repeat an id; each is answered on its own.
+   */
+  async confirmLeases(items: readonly LeaseConfirmation[]): Promise<boolean[]> {
+    if (items.length === 0) return [];
+    const r = await runRaw<{ ord: string; held: boolean }>(this.db, this.pool, 'cr_confirm_leases', CONFIRM_LEASES_SQL, [
+      items.map((i) => i.id),
+      items.map((i) => i.owner),
+      items.map((i) => i.minLeftMs),
+    ]);
+    if (r.rows.length !== items.length) throw new Error(`confirmLeases: ${r.rows.length} rows for ${items.length} items`);
+    const held = new Array<boolean>(items.length).fill(false);
+    for (const row of r.rows) held[Number(row.ord) - 1] = row.held;
+    return held;
   }
 
   /**

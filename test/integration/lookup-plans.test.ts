@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { CONFIRM_LEASE_SQL } from '../../src/tasks/task-repository';
+import { CONFIRM_LEASE_SQL, CONFIRM_LEASES_SQL } from '../../src/tasks/task-repository';
 import { createTestDatabase, type TestDatabase } from '../support/database';
 
 /**
@@ -34,9 +34,14 @@ afterAll(async () => {
 
 /** The generic plan of `text` (what a prepared statement runs after its first executions). */
 async function genericPlan(text: string, params: unknown[]): Promise<string> {
+  return plan(text, params, 'force_generic_plan');
+}
+
+/** The plan of `text` as prepared, generic or made for these parameters (its first executions). */
+async function plan(text: string, params: unknown[], mode: 'force_generic_plan' | 'force_custom_plan'): Promise<string> {
   const client = await db.handle.pool.connect();
   try {
-    await client.query('set plan_cache_mode = force_generic_plan');
+    await client.query(`set plan_cache_mode = ${mode}`);
     await client.query(`prepare probe as ${text}`);
     const { rows } = await client.query<{ 'QUERY PLAN': string }>(`explain execute probe(${params.map((p) => (typeof p === 'number' ? String(p) : `'${String(p)}'`)).join(', ')})`);
     await client.query('deallocate probe');
@@ -51,4 +56,29 @@ test('the fence before a partner call reads the primary key, not the open-task i
   const plan = await genericPlan(CONFIRM_LEASE_SQL, [rows[0]!.id, rows[0]!.lease_owner, 1000]);
   expect(plan).toContain('tasks_pkey');
   expect(plan).not.toContain('tasks_due_idx');
+});
+
+/**
+ * The batched fence (the lease batcher's statement): each item is one probe of the primary key, never a
+ * scan of the tasks nor a walk of the open-task index, in the generic plan and in the plans made for a
+ * batch's parameters (its first executions on a connection), up to the largest batch BATCH_MAX_SIZE
+ * allows. Written as a join on tasks.id, the plan made for 500 items here was a sequential scan of the
+ * open tasks (estimated at one row), materialised and compared with every item.
+ */
+test.each([
+  ['force_generic_plan', 64],
+  ['force_custom_plan', 1],
+  ['force_custom_plan', 64],
+  ['force_custom_plan', 1000],
+] as const)('the batched fence reads the primary key once per item (%s, %i items)', async (mode, n) => {
+  const { rows } = await sql<{ id: string; lease_owner: string }>`select id, lease_owner from tasks where status = 'dispatched' limit ${n}`.execute(db.handle.db);
+  expect(rows).toHaveLength(n);
+  const array = (values: readonly (string | number)[]) => `{${values.join(',')}}`;
+  const text = await plan(CONFIRM_LEASES_SQL, [array(rows.map((r) => r.id)), array(rows.map((r) => r.lease_owner)), array(rows.map(() => 1000))], mode);
+  const readsOfTasks = text.split('\n').filter((line) => / on tasks\b/.test(line));
+  expect(readsOfTasks).toHaveLength(1);
+  expect(readsOfTasks[0]).toMatch(/Index Scan using tasks_pkey on tasks t/);
+  expect(text).toMatch(/Index Cond: \(id = v\.id\)/);
+  expect(text).not.toMatch(/Seq Scan|Hash|Materialize/);
+  expect(text).not.toContain('tasks_due_idx');
 });
