@@ -162,6 +162,17 @@ export const ON_DEMAND_MIN_GAP_MS = 1250;
  * PostgreSQL's global notify lock at every settling commit, serialising them (the callback rate fell by
  * 37 % in the bench). The process sends the wake after the commit, many tasks per NOTIFY (SettledWakeSender).
  */
+/**
+ * The task as a notification shows it (`data`, via toApiTask): exactly the columns the API reads, built in
+ * one call. (`to_jsonb(row)` minus the internal keys rebuilt the object once per key removed: 4.4 of the
+ * outbox's 5.2 ms per 64 settled tasks in EXPLAIN ANALYZE.)
+ */
+export const SNAPSHOT_COLUMNS = [
+  'id', 'partner', 'request_no', 'kind', 'status', 'payload', 'result', 'error', 'notify_url', 'metadata',
+  'dispatch_attempts', 'check_attempts', 'settled_by', 'next_check_at', 'created_at', 'updated_at', 'dispatched_at', 'completed_at',
+] as const satisfies ReadonlyArray<keyof TaskRow>;
+const SNAPSHOT_SQL = `jsonb_build_object(${SNAPSHOT_COLUMNS.map((c) => `'${c}', settled.${c}`).join(', ')})`;
+
 export const TRANSITION_CORE_SQL = `
   cur as (
     select t.id, t.status, v.ord
@@ -224,8 +235,7 @@ export const TRANSITION_CORE_SQL = `
     insert into notifications (id, task_id, type, url, host, task_snapshot, occurred_at, status, next_attempt_at)
     select gen_random_uuid(), settled.id, 'task.' || settled.status, settled.notify_url,
            lower(coalesce(substring(settled.notify_url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)'), '')),
-           to_jsonb(settled) - 'from_status' - 'moved_ord' - 'settled_at' - 'write_outbox'
-             - 'body_hash' - 'lease_owner' - 'lease_expires_at',
+           ${SNAPSHOT_SQL},
            settled.settled_at, 'pending', now()
     from settled
     where settled.write_outbox and settled.notify_url is not null
