@@ -99,6 +99,11 @@ interface ServiceRunOptions {
   work?: 'callback' | 'dispatch';
   /** Runs on the migrated database before the service starts (e.g. the 10-million-row fill). */
   prepare?: (db: FreshDatabase) => Promise<void>;
+  /**
+   * After the measured run (and its statistics), one more run paced at this fraction of the rate just
+   * measured: the latency a client sees when the service is not at its limit.
+   */
+  pacedFraction?: number;
 }
 
 interface ServiceRun {
@@ -108,6 +113,8 @@ interface ServiceRun {
   warmup: autocannon.Result;
   created: number;
   createdPerSecond: number;
+  /** The run paced at `pacedFraction` of createdPerSecond, when asked for. */
+  paced?: { rate: number; result: autocannon.Result };
   /** pg_stat_database deltas per task created in the run (its dispatch and callback included). */
   dbPerTask: Record<keyof DbStats, number>;
   tablesPerTask: Record<string, Record<string, number>>;
@@ -321,6 +328,14 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
     const simulatorTotals = await fetch(`${simulatorUrl}/_sim/stats`)
       .then(async (r) => ((await r.json()) as { totals?: unknown }).totals)
       .catch((err: Error) => `unavailable: ${err.message}`);
+    let paced: ServiceRun['paced'];
+    if (opts.pacedFraction) {
+      const rate = Math.max(1, Math.round((result['2xx'] / result.duration) * opts.pacedFraction));
+      ctx.log(`${opts.label}: paced run at ${fmtNumber(rate)} /s (${Math.round(opts.pacedFraction * 100)} % of the rate just measured), ${opts.durationS} s`);
+      // Few connections: autocannon paces each connection on its own timer, so 32 of them send in bursts of
+      // up to 32 at once (the last of a burst waits for the other 31); 8 keep arrivals nearly even.
+      paced = { rate, result: await runAutocannon({ ...load, connections: PACED_CONNECTIONS, duration: opts.durationS, overallRate: rate }) };
+    }
 
     await td.run(); // stop the service (drain), the simulator, drop the database: frees the CPU for what follows
     const log = await summariseLog(serviceLogFile);
@@ -332,6 +347,7 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
       warmup,
       created,
       createdPerSecond: result['2xx'] / result.duration,
+      ...(paced ? { paced } : {}),
       dbPerTask: statsPerUnit(stats0, stats1, rowsAfter - rowsBefore),
       tablesPerTask: tableStatsPerTask(tables0, tables1, rowsAfter - rowsBefore),
       rowsBefore,
@@ -364,6 +380,25 @@ function cpuText(c: CpuReport, names: string[]): string {
 /** CPU milliseconds per task created in the window (a steady state: each task's dispatch and callback land in it too). */
 function cpuMsPerTask(pctOfCore: number, r: ServiceRun): number {
   return ((pctOfCore / 100) * r.cpu.seconds * 1000) / Math.max(r.result['2xx'], 1);
+}
+
+/** The paced run's rate, as a fraction of the saturated rate measured just before it on the same service. */
+const PACED_FRACTION = 0.5;
+const PACED_CONNECTIONS = 8;
+
+/**
+ * The same work paced below the limit (autocannon overallRate over PACED_CONNECTIONS): the latency a client
+ * sees when the service has headroom, as opposed to the saturated closed-loop run, whose mean latency is
+ * 32 ÷ throughput by construction. Informational: the targets are the saturated run's.
+ */
+function pacedRows(r: ServiceRun): ResultRow[] {
+  if (!r.paced) return [];
+  const { rate, result } = r.paced;
+  const scenario = `create: created + dispatched, paced at ${fmtNumber(rate)} /s (${Math.round(PACED_FRACTION * 100)} % of the saturated rate above) over ${PACED_CONNECTIONS} connections, same service, ${result.duration} s`;
+  return [
+    { scenario, metric: 'tasks created/s', value: result['2xx'] / result.duration, display: `${fmtNumber(result['2xx'] / result.duration)} /s (non-2xx ${result.non2xx}, errors ${result.errors}, timeouts ${result.timeouts})` },
+    { scenario, metric: 'latency p50 / p99', value: result.latency.p99, display: `${ms(result.latency.p50)} / ${ms(result.latency.p99)} (max ${ms(result.latency.max)})` },
+  ];
 }
 
 function serviceRows(scenario: string, r: ServiceRun): ResultRow[] {
@@ -605,8 +640,9 @@ async function fillTasks(ctx: ScenarioContext, db: FreshDatabase, rows: number):
 
 async function run(ctx: ScenarioContext): Promise<ResultRow[]> {
   const rows: ResultRow[] = [];
-  const dispatchOnly = await runService(ctx, { label: 'dispatch', logLevel: 'warn', work: 'dispatch', warmupS: SETTINGS.warmupS, durationS: SETTINGS.durationS });
+  const dispatchOnly = await runService(ctx, { label: 'dispatch', logLevel: 'warn', work: 'dispatch', warmupS: SETTINGS.warmupS, durationS: SETTINGS.durationS, pacedFraction: PACED_FRACTION });
   rows.push(...serviceRows(`create: created + dispatched (partner answers at once, no callback), LOG_LEVEL=warn, ${SETTINGS.durationS} s`, dispatchOnly));
+  rows.push(...pacedRows(dispatchOnly));
   const main = await runService(ctx, { label: 'warn', logLevel: 'warn', warmupS: SETTINGS.warmupS, durationS: SETTINGS.durationS });
   rows.push(...serviceRows(`create: created + dispatched + settled by callback, LOG_LEVEL=warn, ${SETTINGS.durationS} s`, main));
 
