@@ -20,7 +20,7 @@ import { Dispatcher } from './dispatch/dispatcher';
 import { createLogger } from './observability/logger';
 import { Metrics } from './observability/metrics';
 import { PartnerRegistry } from './partners/partner-registry';
-import { TaskRepository, type InsertResult, type LeaseConfirmation, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
+import { TaskRepository, type InsertResult, type ConfirmLease, type LeaseConfirmation, type NewTask, type TransitionResult, type TransitionSpec } from './tasks/task-repository';
 import { Batcher, isDataError } from './db/batcher';
 import { LongPollLimit } from './tasks/task-routes';
 import { TaskService } from './tasks/task-service';
@@ -205,7 +205,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...batchOptions(config),
   });
   metrics.observeQueue('lease', () => leaseBatcher.depth);
-  const confirmLease = (id: string, owner: string, minLeftMs: number): Promise<boolean> => leaseBatcher.submit({ id, owner, minLeftMs });
+  const confirmLease: ConfirmLease = (id, owner, minLeftMs) => leaseBatcher.submit({ id, owner, minLeftMs });
   const dispatcher = new Dispatcher({
     callLog,
     partners,

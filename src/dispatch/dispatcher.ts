@@ -5,7 +5,7 @@ import type { Metrics } from '../observability/metrics';
 import type { DispatchResult } from '../partners/partner-client';
 import type { PartnerRegistry } from '../partners/partner-registry';
 import type { PartnerConfig } from '../config/partners';
-import type { TaskRepository, TransitionResult, TransitionSpec } from '../tasks/task-repository';
+import type { ConfirmLease, TaskRepository, TransitionResult, TransitionSpec } from '../tasks/task-repository';
 import type { TaskTransitions } from '../tasks/task-transitions';
 import type { PartnerCallLog } from '../story/partner-call-log';
 import {
@@ -36,7 +36,7 @@ export interface DispatcherDeps {
    * database's clock). The runtime passes the lease batcher's submit (many fences, one statement); by
    * default `repo.confirmLease`, one statement each.
    */
-  confirmLease?: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+  confirmLease?: ConfirmLease;
   /**
    * Told when a recorded outcome left the task due already (an on-demand check was asked for while the
    * dispatch held the lease), so the reconciler checks it now rather than at its next tick.
@@ -78,7 +78,7 @@ export class Dispatcher {
   private readonly handBacks = new Set<Promise<void>>();
   private readonly maxQueued: number;
   private accepting = true;
-  private readonly confirmLease: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+  private readonly confirmLease: ConfirmLease;
 
   constructor(private readonly deps: DispatcherDeps) {
     this.maxQueued = deps.concurrency * 20;

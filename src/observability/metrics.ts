@@ -152,10 +152,10 @@ export class Metrics {
 
   private readonly queueSources = new Map<string, () => number>();
 
-  /** Writes waiting for a group-commit batch, per batcher (creates, callbacks): back-pressure shows here first. */
+  /** Items waiting for a group-commit batch, per batcher (create, callback, transition, lease, notification): back-pressure shows here first. */
   readonly batchQueueDepth = new Gauge({
     name: `${PREFIX}batch_queue_depth`,
-    help: 'Writes waiting for a group-commit batch, by batcher; beyond BATCH_MAX_QUEUED (or BATCH_MAX_WAIT_MS) requests get 503.',
+    help: 'Items waiting for a group-commit batch, by batcher; beyond BATCH_MAX_QUEUED (or BATCH_MAX_WAIT_MS) creates and callbacks get 503.',
     labelNames: ['batcher'] as const,
     registers: [this.registry],
     collect: () => {

@@ -9,7 +9,7 @@ import { transitionForReport } from '../tasks/report-transition';
 import type { PartnerReport } from '../partners/mapping';
 import type { StatusResult } from '../partners/partner-client';
 import { capAtExpiry, checkDelayMs, retryAfterDelayMs } from '../tasks/schedule';
-import type { TaskRepository } from '../tasks/task-repository';
+import type { ConfirmLease, TaskRepository } from '../tasks/task-repository';
 import type { TaskTransitions } from '../tasks/task-transitions';
 import type { PartnerCallLog } from '../story/partner-call-log';
 
@@ -52,7 +52,7 @@ export interface TaskCheckerDeps {
    * the database failing), the check throws before anything is asked: the claim lapses and the task is
    * checked again.
    */
-  confirmLease?: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+  confirmLease?: ConfirmLease;
 }
 
 /**
@@ -72,7 +72,7 @@ export class TaskChecker {
   /** When this process last had an answer about a task (the app's clock), oldest first; pruned as it grows. */
   private readonly lastQueried = new Map<string, number>();
 
-  private readonly confirmLease: (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
+  private readonly confirmLease: ConfirmLease;
 
   constructor(private readonly deps: TaskCheckerDeps) {
     this.confirmLease = deps.confirmLease ?? ((id, owner, minLeftMs) => deps.repo.confirmLease(id, owner, minLeftMs));

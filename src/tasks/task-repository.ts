@@ -148,6 +148,17 @@ const INSERT_MANY_SQL = `
 export const ON_DEMAND_MIN_GAP_MS = 1250;
 
 /**
+ * The task as a notification shows it (`data`, via toApiTask): exactly the columns the API reads, built in
+ * one call. (`to_jsonb(row)` minus the internal keys rebuilt the object once per key removed: 4.4 of the
+ * outbox's 5.2 ms per 64 settled tasks in EXPLAIN ANALYZE.)
+ */
+export const SNAPSHOT_COLUMNS = [
+  'id', 'partner', 'request_no', 'kind', 'status', 'payload', 'result', 'error', 'notify_url', 'metadata',
+  'dispatch_attempts', 'check_attempts', 'settled_by', 'next_check_at', 'created_at', 'updated_at', 'dispatched_at', 'completed_at',
+] as const satisfies ReadonlyArray<keyof TaskRow>;
+const SNAPSHOT_SQL = `jsonb_build_object(${SNAPSHOT_COLUMNS.map((c) => `'${c}', settled.${c}`).join(', ')})`;
+
+/**
  * The rules of a status change, shared by every statement that moves tasks. It reads the moves from a CTE
  * `v` (one row per move: the columns {@link transitionArrays} fills) and claimable inbox rows from a CTE
  * `inbox`, and defines:
@@ -162,17 +173,6 @@ export const ON_DEMAND_MIN_GAP_MS = 1250;
  * PostgreSQL's global notify lock at every settling commit, serialising them (the callback rate fell by
  * 37 % in the bench). The process sends the wake after the commit, many tasks per NOTIFY (SettledWakeSender).
  */
-/**
- * The task as a notification shows it (`data`, via toApiTask): exactly the columns the API reads, built in
- * one call. (`to_jsonb(row)` minus the internal keys rebuilt the object once per key removed: 4.4 of the
- * outbox's 5.2 ms per 64 settled tasks in EXPLAIN ANALYZE.)
- */
-export const SNAPSHOT_COLUMNS = [
-  'id', 'partner', 'request_no', 'kind', 'status', 'payload', 'result', 'error', 'notify_url', 'metadata',
-  'dispatch_attempts', 'check_attempts', 'settled_by', 'next_check_at', 'created_at', 'updated_at', 'dispatched_at', 'completed_at',
-] as const satisfies ReadonlyArray<keyof TaskRow>;
-const SNAPSHOT_SQL = `jsonb_build_object(${SNAPSHOT_COLUMNS.map((c) => `'${c}', settled.${c}`).join(', ')})`;
-
 export const TRANSITION_CORE_SQL = `
   cur as (
     select t.id, t.status, v.ord
@@ -366,11 +366,18 @@ const LEASE_FREE = sql`(t.lease_expires_at is null or t.lease_expires_at <= now(
  */
 const STILL_OPEN_SQL = `t.status not in ('${TASK_STATUSES.filter((st) => !OPEN_STATUSES.includes(st)).join("', '")}')`;
 
+/**
+ * The fence's rule for task row `t`: `owner` holds its lease, the task is still open, and the lease lasts
+ * `minLeftMs` more by the database's clock. Shared by the single and the batched fence.
+ */
+const leaseHeldSql = (id: string, owner: string, minLeftMs: string): string =>
+  `t.id = ${id} and t.lease_owner = ${owner} and ${STILL_OPEN_SQL}
+    and t.lease_expires_at > now() + ${minLeftMs} * interval '1 millisecond'`;
+
 /** The fence before a partner call ($1 task id, $2 lease owner, $3 ms the lease must still last). */
 export const CONFIRM_LEASE_SQL = `
   select 1 from tasks t
-  where t.id = $1::uuid and t.lease_owner = $2 and ${STILL_OPEN_SQL}
-    and t.lease_expires_at > now() + $3 * interval '1 millisecond'`;
+  where ${leaseHeldSql('$1::uuid', '$2', '$3')}`;
 
 /**
  * The fence for a batch of partner calls, one statement for all of them ($1 task ids, $2 lease owners,
@@ -388,11 +395,17 @@ export const CONFIRM_LEASE_SQL = `
 export const CONFIRM_LEASES_SQL = `
   select v.ord, exists (
     select 1 from tasks t
-    where t.id = v.id and t.lease_owner = v.owner and ${STILL_OPEN_SQL}
-      and t.lease_expires_at > now() + v.min_left_ms * interval '1 millisecond'
+    where ${leaseHeldSql('v.id', 'v.owner', 'v.min_left_ms')}
   ) as held
   from unnest($1::uuid[], $2::text[], $3::int[]) with ordinality as v(id, owner, min_left_ms, ord)
   order by v.ord`;
+
+/**
+ * The fence as the dispatcher and the checker call it: whether `owner` still holds task `id`'s lease for
+ * `minLeftMs` more. The runtime passes the lease batcher's submit; {@link TaskRepository.confirmLease} is
+ * the one-statement-each default.
+ */
+export type ConfirmLease = (id: string, owner: string, minLeftMs: number) => Promise<boolean>;
 
 /** One fence of a batch: {@link TaskRepository.confirmLeases}. */
 export interface LeaseConfirmation {
