@@ -8,6 +8,7 @@ import { stopAllLoads } from './support/load';
 import { DIST_ROOT, REPO_ROOT, RESULTS_DIR, SCENARIOS_DIR } from './support/paths';
 import { judge, renderMarkdown, writeReport, type RunReport } from './support/report';
 import { Teardown } from './support/teardown';
+import { serviceOverridesText } from './support/start-flags';
 import type { ResultRow, RunOptions, Scenario, ScenarioContext } from './support/types';
 
 /**
@@ -96,6 +97,7 @@ async function main(): Promise<number> {
       postgres: postgres.version,
       postgresSource: `${postgres.source} ${postgres.displayUrl}`,
       scenarios: selected.map((s) => s.name),
+      serviceOverrides: serviceOverridesText(),
     },
     rows: [],
     notes: {},

@@ -149,7 +149,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   });
   const metrics = new Metrics({ defaultMetrics: true });
   metrics.observePool(database.pool);
-  const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger });
+  const partners = new PartnerRegistry(config.partners, clock, { pool: database.pool, metrics, logger }, config.partnerIoThreads);
   const finalEffects = { outbox: config.notifySecret !== undefined };
   const repo = new TaskRepository(database.db, database.pool, finalEffects);
   const notifier = new TaskNotifier();

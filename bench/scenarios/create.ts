@@ -17,7 +17,7 @@ import { inFlightAtStop, runAutocannon, statusCodes, statusCount } from '../supp
 import { freePort } from '../support/ports';
 import { baseEnv, sleep, startProcess, waitForHttpOk, type StopResult } from '../support/processes';
 import { RssSampler, type RssReport } from '../support/rss';
-import { serviceNodeFlags } from '../support/start-flags';
+import { serviceEnvOverrides, serviceNodeFlags } from '../support/start-flags';
 import { fmtNumber, summarize, type Summary } from '../support/stats';
 import type { ResultRow, Scenario, ScenarioContext } from '../support/types';
 
@@ -284,8 +284,8 @@ async function runService(ctx: ScenarioContext, opts: ServiceRunOptions): Promis
       name: 'service',
       command: process.execPath,
       args: [...serviceNodeFlags(ctx.repoRoot), ...(opts.nodeFlags ?? []), path.join(ctx.distRoot, 'src', 'main.js')],
-      // DB_POOL_SIZE and everything else left at the service's defaults.
-      env: { ...baseEnv(), DATABASE_URL: db.url, PORT: String(port), HOST: '127.0.0.1', PARTNERS_FILE: partnersFile, LOG_LEVEL: opts.logLevel },
+      // DB_POOL_SIZE and everything else left at the service's defaults (unless BENCH_SERVICE_ENV says otherwise).
+      env: { ...baseEnv(), ...serviceEnvOverrides(), DATABASE_URL: db.url, PORT: String(port), HOST: '127.0.0.1', PARTNERS_FILE: partnersFile, LOG_LEVEL: opts.logLevel },
       cwd: ctx.repoRoot,
       logFile: serviceLogFile,
     });

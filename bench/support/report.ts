@@ -14,6 +14,8 @@ export interface RunMeta {
   postgres: string;
   postgresSource: string;
   scenarios: string[];
+  /** Settings other than the defaults the service ran with (BENCH_SERVICE_*), empty when none. */
+  serviceOverrides?: string;
 }
 
 export interface RunReport {
@@ -75,6 +77,7 @@ export function renderMarkdown(report: RunReport): string {
   lines.push(`- Node ${m.node}`);
   lines.push(`- Postgres (${m.postgresSource}): ${m.postgres}`);
   lines.push(`- Postgres, the service, the simulator and autocannon (in the runner) all share these ${m.cpus} cores.`);
+  if (m.serviceOverrides) lines.push(`- ⚠ the service ran with settings other than the defaults: ${m.serviceOverrides}`);
   lines.push('');
   lines.push('| scenario | metric | value | target | ok |');
   lines.push('| --- | --- | ---: | --- | :---: |');

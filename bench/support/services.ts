@@ -1,6 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { serviceNodeFlags } from './start-flags';
+import { serviceEnvOverrides, serviceNodeFlags } from './start-flags';
 import { DEMO_PARTNER_SECRET } from '../../src/config/simulator-config';
 import { openDatabase } from '../../src/db/database';
 import { migrateToLatest } from '../../src/db/migrator';
@@ -81,6 +81,7 @@ export async function startServiceProcess(
       LOG_LEVEL: opts.logLevel ?? 'warn',
       // e.g. BENCH_SERVICE_NODE_OPTIONS=--max-old-space-size=80 to tell retention from lazy collection.
       ...(process.env.BENCH_SERVICE_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS } : {}),
+      ...serviceEnvOverrides(),
       ...opts.env,
     },
     cwd: ctx.repoRoot,

@@ -19,3 +19,28 @@ export function startScriptFlags(repoRoot: string): string[] {
   if (words[0] !== 'node') return [];
   return words.slice(1).filter((w) => w.startsWith('--'));
 }
+
+/**
+ * `BENCH_SERVICE_ENV` (space-separated `NAME=value`): environment every service process gets on top of the
+ * service's defaults (a scenario's own settings still win), e.g. `BENCH_SERVICE_ENV=PARTNER_IO_THREADS=0`
+ * to compare a setting inside one machine's run.
+ */
+export function serviceEnvOverrides(): Record<string, string> {
+  const raw = process.env['BENCH_SERVICE_ENV'] ?? '';
+  const out: Record<string, string> = {};
+  for (const word of raw.split(/\s+/).filter(Boolean)) {
+    const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(word);
+    if (!m) throw new Error(`BENCH_SERVICE_ENV: "${word}" is not NAME=value`);
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/** What this run changes from the defaults a user gets, for the report's header (empty: nothing). */
+export function serviceOverridesText(): string {
+  const parts: string[] = [];
+  if (process.env['BENCH_SERVICE_NODE_FLAGS'] !== undefined) parts.push(`BENCH_SERVICE_NODE_FLAGS="${process.env['BENCH_SERVICE_NODE_FLAGS']}"`);
+  if (process.env['BENCH_SERVICE_ENV']) parts.push(`BENCH_SERVICE_ENV="${process.env['BENCH_SERVICE_ENV']}"`);
+  if (process.env['BENCH_SERVICE_NODE_OPTIONS']) parts.push(`BENCH_SERVICE_NODE_OPTIONS="${process.env['BENCH_SERVICE_NODE_OPTIONS']}"`);
+  return parts.join(', ');
+}

@@ -22,6 +22,8 @@ export const DEFAULTS = Object.freeze({
   /** In-flight dispatches per process; beyond it new tasks wait for the reconciler instead of piling up sockets. */
   dispatchConcurrency: 128,
   reconcileConcurrency: 32,
+  /** Worker threads that carry the partner HTTP (dispatches, status queries); 0 keeps it on the main thread. */
+  partnerIoThreads: 1,
   reconcileBatchSize: 200,
   /** A reconciler claim outlives a stuck replica by at most this long. */
   reconcileLeaseMs: 60_000,
@@ -95,6 +97,7 @@ const envSchema = z.object({
   NOTIFY_ALLOWED_HOSTS: z.string().optional(),
   // 0: this replica writes notifications (the outbox) but delivers none; replicas with workers do.
   NOTIFY_CONCURRENCY: intFromEnv(0, 10_000).default(DEFAULTS.notifyConcurrency),
+  PARTNER_IO_THREADS: intFromEnv(0, 16).default(DEFAULTS.partnerIoThreads),
   NOTIFY_HOST_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyHostConcurrency),
   LONG_POLL_NOTIFY: z.enum(['true', 'false']).default('true'),
   BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
@@ -145,6 +148,8 @@ export interface Config {
   /** `host` or `host:port` (lower case) allowed as notifyUrl although private or loopback. */
   readonly notifyAllowedHosts: readonly string[];
   readonly notifyConcurrency: number;
+  /** Worker threads for partner HTTP (PARTNER_IO_THREADS); 0: on the main thread. */
+  readonly partnerIoThreads: number;
   readonly notifyHostConcurrency: number;
   /**
    * Settling moves are announced by a Postgres NOTIFY after their commit (batched every 10 ms; see
@@ -254,6 +259,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     notifyScheduleSeconds: Object.freeze(e.NOTIFY_SCHEDULE_SECONDS),
     notifyAllowedHosts: Object.freeze(parseAllowedHosts(e.NOTIFY_ALLOWED_HOSTS)),
     notifyConcurrency: e.NOTIFY_CONCURRENCY,
+    partnerIoThreads: e.PARTNER_IO_THREADS,
     notifyHostConcurrency: e.NOTIFY_HOST_CONCURRENCY,
     longPollNotify: e.LONG_POLL_NOTIFY === 'true',
     batch: Object.freeze({ maxSize: e.BATCH_MAX_SIZE, windowMs: e.BATCH_WINDOW_MS, maxWaitMs: e.BATCH_MAX_WAIT_MS, maxQueued: e.BATCH_MAX_QUEUED }),

@@ -4,18 +4,30 @@ import type { Clock } from '../clock';
 import type { PartnerConfig } from '../config/partners';
 import type { Metrics } from '../observability/metrics';
 import { PartnerClient } from './partner-client';
+import { AxiosExchange, type PartnerExchange } from './partner-exchange';
 import { PartnerGuard } from './partner-guard';
+import { ThreadExchange } from './thread-exchange';
 
 /** The configured partners by id, each with its HTTP client. The only way the rest of the code reaches a partner. */
 export class PartnerRegistry {
   private readonly byId: ReadonlyMap<string, PartnerClient>;
+  private readonly exchange: PartnerExchange;
 
-  /** With `protection`, every call goes through the partner's breaker and shared rate limit. */
-  constructor(configs: readonly PartnerConfig[], clock: Clock, protection?: { pool: Pool; metrics: Metrics; logger: Logger }) {
+  /**
+   * With `protection`, every call goes through the partner's breaker and shared rate limit. With
+   * `ioThreads` above 0 the HTTP runs on that many worker threads; 0 (the default here) keeps it on this one.
+   */
+  constructor(
+    configs: readonly PartnerConfig[],
+    clock: Clock,
+    protection?: { pool: Pool; metrics: Metrics; logger: Logger },
+    ioThreads = 0,
+  ) {
+    this.exchange = ioThreads > 0 ? new ThreadExchange(configs, ioThreads, protection?.logger) : new AxiosExchange(configs);
     this.byId = new Map(
       configs.map((c) => [
         c.id,
-        new PartnerClient(c, clock, protection ? new PartnerGuard(c, protection.pool, protection.metrics, protection.logger) : undefined),
+        new PartnerClient(c, clock, this.exchange, protection ? new PartnerGuard(c, protection.pool, protection.metrics, protection.logger) : undefined),
       ]),
     );
   }
@@ -32,7 +44,8 @@ export class PartnerRegistry {
     return [...this.byId.values()];
   }
 
+  /** Closes the partner connections (and threads); safe to call twice. */
   close(): void {
-    for (const client of this.byId.values()) client.close();
+    this.exchange.close();
   }
 }

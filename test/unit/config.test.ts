@@ -33,6 +33,13 @@ describe('config', () => {
     expect(DEFAULTS.callbackLookupTimeoutMs).toBe(3000);
   });
 
+  test('PARTNER_IO_THREADS: one partner I/O thread by default, 0 keeps partner HTTP on the main thread, nonsense refused', () => {
+    expect(loadConfig(envWith()).partnerIoThreads).toBe(1);
+    expect(loadConfig(envWith({ PARTNER_IO_THREADS: '0' })).partnerIoThreads).toBe(0);
+    expect(loadConfig(envWith({ PARTNER_IO_THREADS: '4' })).partnerIoThreads).toBe(4);
+    for (const bad of ['-1', '17', '1.5', 'two']) expect(() => loadConfig(envWith({ PARTNER_IO_THREADS: bad }))).toThrow(/PARTNER_IO_THREADS/);
+  });
+
   test('env: references are resolved, secrets never appear literally in the file', () => {
     const c = loadConfig(envWith());
     expect(c.partners[0]!.callback.secrets).toEqual(['whsec_abc']);
