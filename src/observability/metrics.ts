@@ -171,6 +171,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /** Partner I/O threads that ended unexpectedly (PARTNER_IO_THREADS): each is replaced at once. */
+  readonly partnerIoThreadExits = new Counter({
+    name: `${PREFIX}partner_io_thread_exits_total`,
+    help: 'Partner I/O threads that ended unexpectedly; each is replaced, and its calls in flight are recorded as unclear (ambiguous) outcomes.',
+    registers: [this.registry],
+  });
+
   /** Read at scrape time, so the hot path does not update a gauge per item. */
   observeQueue(name: string, depth: () => number): void {
     this.queueSources.set(name, depth);

@@ -23,7 +23,10 @@ export class PartnerRegistry {
     protection?: { pool: Pool; metrics: Metrics; logger: Logger },
     ioThreads = 0,
   ) {
-    this.exchange = ioThreads > 0 ? new ThreadExchange(configs, ioThreads, protection?.logger) : new AxiosExchange(configs);
+    this.exchange =
+      ioThreads > 0
+        ? new ThreadExchange(configs, ioThreads, { logger: protection?.logger, onUnexpectedExit: () => protection?.metrics.partnerIoThreadExits.inc() })
+        : new AxiosExchange(configs);
     this.byId = new Map(
       configs.map((c) => [
         c.id,

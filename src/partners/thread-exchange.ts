@@ -70,7 +70,7 @@ export class ThreadExchange implements PartnerExchange {
   constructor(
     private readonly partners: readonly PartnerConfig[],
     threads: number,
-    private readonly logger?: Logger,
+    private readonly observe: { logger?: Logger; onUnexpectedExit?: () => void } = {},
   ) {
     if (!(threads >= 1)) throw new Error('ThreadExchange needs at least one thread');
     this.slots = Array.from({ length: threads }, () => ({ worker: undefined as unknown as Worker, outbox: [], pending: new Map(), flushScheduled: false }));
@@ -144,7 +144,7 @@ export class ThreadExchange implements PartnerExchange {
     worker.on('message', (answers: [number, ExchangeResult][]) => {
       for (const [id, result] of answers) this.settle(slot, id, result);
     });
-    worker.on('error', (err) => this.logger?.error({ err }, 'partner I/O thread failed'));
+    worker.on('error', (err) => this.observe.logger?.error({ err }, 'partner I/O thread failed'));
     worker.on('exit', (code) => {
       if (slot.worker !== worker) return;
       // Calls not posted yet never left; they fail with the rest rather than go out after their answer.
@@ -153,7 +153,8 @@ export class ThreadExchange implements PartnerExchange {
         this.settle(slot, id, { ok: false, code: THREAD_EXIT_CODE, message: `the partner I/O thread ended (exit ${code}) before the partner answered`, durationMs: 0 });
       }
       if (this.closed) return;
-      this.logger?.warn({ exitCode: code }, 'partner I/O thread ended; starting another');
+      this.observe.onUnexpectedExit?.();
+      this.observe.logger?.error({ exitCode: code }, 'partner I/O thread ended; starting another');
       this.start(slot);
     });
   }

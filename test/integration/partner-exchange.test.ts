@@ -152,8 +152,9 @@ test('property: for any JSON payload, both exchanges send the same bytes and han
   );
 });
 
-test('a thread that ends fails its calls in flight as unclear (they may have left) and is replaced', async () => {
-  const exchange = new ThreadExchange(partners, 1);
+test('a thread that ends fails its calls in flight as unclear (they may have left) and is replaced, and is counted', async () => {
+  let exits = 0;
+  const exchange = new ThreadExchange(partners, 1, { onUnexpectedExit: () => (exits += 1) });
   try {
     const first = exchange.workers[0]!;
     const held = exchange.send(post('/hold', { n: 1 }, 5000));
@@ -165,6 +166,7 @@ test('a thread that ends fails its calls in flight as unclear (they may have lef
     expect(classifyTransportError(r.ok ? undefined : r.code).kind).toBe('ambiguous');
     expect(exchange.inFlight).toBe(0);
     expect(exchange.workers[0]).not.toBe(first);
+    expect(exits).toBe(1);
     expect(await exchange.send(post('/requests', { n: 2 }))).toMatchObject({ ok: true, status: 202, data: { echo: { n: 2 } } });
   } finally {
     exchange.close();
@@ -172,7 +174,8 @@ test('a thread that ends fails its calls in flight as unclear (they may have lef
 });
 
 test('close fails what is in flight, refuses new calls without sending them, and may be called twice', async () => {
-  const exchange = new ThreadExchange(partners, 1);
+  let exits = 0;
+  const exchange = new ThreadExchange(partners, 1, { onUnexpectedExit: () => (exits += 1) });
   const held = exchange.send(post('/hold', { n: 3 }, 5000));
   await waitFor(() => seen.some((s) => s.url === '/hold'));
   exchange.close();
@@ -181,6 +184,8 @@ test('close fails what is in flight, refuses new calls without sending them, and
   expect(await exchange.send(post('/requests', { n: 4 }))).toMatchObject({ ok: false, code: THREAD_EXIT_CODE });
   expect(seen).toHaveLength(before);
   exchange.close();
+  await new Promise((r) => setTimeout(r, 100));
+  expect(exits).toBe(0); // a close is not an unexpected end
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 20_000): Promise<void> {
