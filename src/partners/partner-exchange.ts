@@ -14,7 +14,7 @@ export interface ExchangeRequest {
   method: 'GET' | 'POST';
   /** Path under the partner's baseUrl. */
   path: string;
-  /** Sent as JSON. */
+  /** Sent as JSON (serialised with JSON.stringify, every key kept). */
   body?: unknown;
   headers?: Record<string, string>;
   timeoutMs: number;
@@ -65,7 +65,9 @@ export class AxiosExchange implements PartnerExchange {
       const res = await instance.request({
         method: req.method,
         url: req.path,
-        ...(req.body === undefined ? {} : { data: req.body }),
+        // Serialised here, not by axios: axios' own object serialisation drops the keys `constructor` and
+        // `prototype` at any depth, so a task payload holding them reached the partner altered.
+        ...(req.body === undefined ? {} : { data: JSON.stringify(req.body) }),
         timeout: req.timeoutMs,
         signal: AbortSignal.timeout(req.timeoutMs + ABORT_SLACK_MS),
         ...(req.headers ? { headers: req.headers } : {}),

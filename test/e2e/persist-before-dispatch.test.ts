@@ -108,6 +108,18 @@ test('a task without kind is dispatched with kind null', async () => {
   expect(got.headers['idempotency-key']).toBe(requestNo);
 });
 
+test('the payload reaches the partner with every key, constructor, prototype and __proto__ included (jsonb orders keys its own way)', async () => {
+  const requestNo = uniqueRequestNo('keys');
+  const text = `{"partner":"probe","requestNo":"${requestNo}","payload":{"constructor":{"prototype":null},"prototype":[1],"__proto__":{"polluted":true},"toString":"s"}}`;
+  const res = await svc.api.post('/v1/tasks', text, { headers: { 'content-type': 'application/json' } });
+  expect(res.status).toBe(201);
+  const payload = (JSON.parse(text) as { payload: unknown }).payload;
+  const got = await eventually(async () => received.find((r) => r.requestNo === requestNo), 'the dispatch to arrive');
+  expect(got.body.payload).toEqual(payload);
+  expect(Object.keys(got.body.payload as object).sort()).toEqual(['__proto__', 'constructor', 'prototype', 'toString']);
+  expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+});
+
 test('a refused or replayed create sends nothing to the partner', async () => {
   const requestNo = uniqueRequestNo('nosend');
   const first = await createTask(svc.api, { partner: 'probe', requestNo, payload: { x: 1 } });

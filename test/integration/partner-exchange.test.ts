@@ -78,7 +78,7 @@ beforeEach(() => {
   seen = [];
 });
 
-const post = (path: string, body: unknown, timeoutMs = 1000): ExchangeRequest => ({
+const post = (path: string, body: unknown, timeoutMs = 10_000): ExchangeRequest => ({
   partnerId: 'p',
   method: 'POST',
   path,
@@ -106,6 +106,15 @@ describe.each<[string, () => PartnerExchange]>([
       authorization: 'Bearer t0ken',
       'user-agent': 'callback-reconciler',
     });
+  });
+
+  test('a payload keeps every key, `constructor`, `prototype` and `__proto__` included (axios alone dropped the first two)', async () => {
+    const body = JSON.parse('{"requestNo":"r-2","payload":{"constructor":1,"prototype":null,"__proto__":{"x":[2]},"deep":{"constructor":{"prototype":"p"}}}}') as unknown;
+    const r = await exchange().send(post('/requests', body));
+    expect(JSON.parse(seen[0]!.body)).toEqual(body);
+    expect(seen[0]!.body).toBe(JSON.stringify(body));
+    expect(r).toMatchObject({ ok: true, status: 202 });
+    expect(JSON.stringify((r as { data: { echo: unknown } }).data.echo)).toBe(JSON.stringify(body));
   });
 
   test('a status query is a GET on its path', async () => {
