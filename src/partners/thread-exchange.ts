@@ -49,10 +49,16 @@ export const THREAD_EXIT_CODE = 'ERR_PARTNER_THREAD_EXIT';
 
 interface Slot {
   worker: Worker;
+  startedAt: number;
+  /** Between a thread's end and its replacement: calls wait in the outbox. */
+  down: boolean;
   outbox: [number, ExchangeRequest][];
   pending: Map<number, (result: ExchangeResult) => void>;
   flushScheduled: boolean;
 }
+
+/** A thread that ends sooner than this after its start is replaced only after this long (no busy restart loop). */
+const RESTART_BACKOFF_MS = 1000;
 
 /**
  * Partner HTTP on worker threads (PARTNER_IO_THREADS): axios, its sockets and the JSON of every dispatch
@@ -73,7 +79,7 @@ export class ThreadExchange implements PartnerExchange {
     private readonly observe: { logger?: Logger; onUnexpectedExit?: () => void } = {},
   ) {
     if (!(threads >= 1)) throw new Error('ThreadExchange needs at least one thread');
-    this.slots = Array.from({ length: threads }, () => ({ worker: undefined as unknown as Worker, outbox: [], pending: new Map(), flushScheduled: false }));
+    this.slots = Array.from({ length: threads }, () => ({ worker: undefined as unknown as Worker, startedAt: 0, down: false, outbox: [], pending: new Map(), flushScheduled: false }));
     this.slots.forEach((slot) => this.start(slot));
   }
 
@@ -104,11 +110,18 @@ export class ThreadExchange implements PartnerExchange {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const slot of this.slots) void slot.worker.terminate();
+    for (const slot of this.slots) {
+      void slot.worker.terminate(); // its exit fails what it holds
+      if (!slot.down) continue;
+      // Waiting for a replacement that will not come now: nothing of theirs was sent.
+      slot.outbox = [];
+      for (const id of [...slot.pending.keys()]) this.settle(slot, id, { ok: false, code: THREAD_EXIT_CODE, message: 'the partner I/O threads are closed', durationMs: 0 });
+    }
   }
 
   private flush(slot: Slot): void {
     slot.flushScheduled = false;
+    if (slot.down) return; // sent by start() once the replacement runs
     const batch = slot.outbox;
     slot.outbox = [];
     if (batch.length === 0) return;
@@ -141,6 +154,12 @@ export class ThreadExchange implements PartnerExchange {
     });
     worker.unref();
     slot.worker = worker;
+    slot.startedAt = Date.now();
+    slot.down = false;
+    if (slot.outbox.length > 0 && !slot.flushScheduled) {
+      slot.flushScheduled = true;
+      setImmediate(() => this.flush(slot));
+    }
     worker.on('message', (answers: [number, ExchangeResult][]) => {
       for (const [id, result] of answers) this.settle(slot, id, result);
     });
@@ -154,8 +173,13 @@ export class ThreadExchange implements PartnerExchange {
       }
       if (this.closed) return;
       this.observe.onUnexpectedExit?.();
-      this.observe.logger?.error({ exitCode: code }, 'partner I/O thread ended; starting another');
-      this.start(slot);
+      const delayMs = Date.now() - slot.startedAt < RESTART_BACKOFF_MS ? RESTART_BACKOFF_MS : 0;
+      this.observe.logger?.error({ exitCode: code, restartInMs: delayMs }, 'partner I/O thread ended; starting another');
+      slot.down = true;
+      setTimeout(() => {
+        if (this.closed) return;
+        this.start(slot);
+      }, delayMs).unref();
     });
   }
 }

@@ -174,9 +174,13 @@ test('a thread that ends fails its calls in flight as unclear (they may have lef
     expect(r).toMatchObject({ ok: false, code: THREAD_EXIT_CODE });
     expect(classifyTransportError(r.ok ? undefined : r.code).kind).toBe('ambiguous');
     expect(exchange.inFlight).toBe(0);
+    expect(exits).toBe(1);
+    // A call made while the replacement is pending (a thread that ends soon after its start is replaced
+    // after a second, so a thread that cannot start does not spin) waits for it, then goes out.
+    const next = exchange.send(post('/requests', { n: 2 }));
+    expect(await next).toMatchObject({ ok: true, status: 202, data: { echo: { n: 2 } } });
     expect(exchange.workers[0]).not.toBe(first);
     expect(exits).toBe(1);
-    expect(await exchange.send(post('/requests', { n: 2 }))).toMatchObject({ ok: true, status: 202, data: { echo: { n: 2 } } });
   } finally {
     exchange.close();
   }
@@ -195,6 +199,17 @@ test('close fails what is in flight, refuses new calls without sending them, and
   exchange.close();
   await new Promise((r) => setTimeout(r, 100));
   expect(exits).toBe(0); // a close is not an unexpected end
+});
+
+test('close while a replacement is pending fails the calls waiting for it, unsent', async () => {
+  const exchange = new ThreadExchange(partners, 1);
+  await exchange.workers[0]!.terminate(); // ends at once after its start: replaced only after a second
+  const waiting = exchange.send(post('/requests', { n: 5 }));
+  await new Promise((r) => setTimeout(r, 50));
+  exchange.close();
+  expect(await waiting).toMatchObject({ ok: false, code: THREAD_EXIT_CODE });
+  await new Promise((r) => setTimeout(r, 1500));
+  expect(seen.filter((s) => s.body.includes('"n":5'))).toHaveLength(0);
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 20_000): Promise<void> {
