@@ -13,6 +13,7 @@ import { gitCommit, parseArgs, requireBuild, stablePort, startSimulator, SUITE_A
 import { pickScript, seededRandom, type TaskScript } from './create-client';
 import { poolFlat, rssFlat } from './flatness';
 import { Replica } from './replica';
+import { serviceEnvOverrides } from '../support/start-flags';
 
 /**
  * `npm run soak -- --minutes N [--warmup M] [--rate R] [--seed S]`
@@ -140,7 +141,7 @@ async function main(): Promise<number> {
         API_KEYS: SUITE_API_KEY,
         LOG_LEVEL: 'warn',
         RECONCILE_CRON: '*/2 * * * * *',
-        ...(process.env['BENCH_SERVICE_NODE_OPTIONS'] ? { NODE_OPTIONS: process.env['BENCH_SERVICE_NODE_OPTIONS'] } : {}),
+        ...serviceEnvOverrides(),
       },
     });
     td.add('stop service', () => service.stop());

@@ -79,8 +79,6 @@ export async function startServiceProcess(
       HOST: '127.0.0.1',
       PARTNERS_FILE: opts.partnersFile,
       LOG_LEVEL: opts.logLevel ?? 'warn',
-      // e.g. BENCH_SERVICE_NODE_OPTIONS=--max-old-space-size=80 to tell retention from lazy collection.
-      ...(process.env.BENCH_SERVICE_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS } : {}),
       ...serviceEnvOverrides(),
       ...opts.env,
     },

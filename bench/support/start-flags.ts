@@ -21,13 +21,16 @@ export function startScriptFlags(repoRoot: string): string[] {
 }
 
 /**
- * `BENCH_SERVICE_ENV` (space-separated `NAME=value`): environment every service process gets on top of the
- * service's defaults (a scenario's own settings still win), e.g. `BENCH_SERVICE_ENV=PARTNER_IO_THREADS=0`
- * to compare a setting inside one machine's run.
+ * The environment every service process gets on top of the service's defaults (a scenario's own settings
+ * still win): `BENCH_SERVICE_ENV` (space-separated `NAME=value`, e.g. `PARTNER_IO_THREADS=0`, to compare a
+ * setting inside one machine's run) and `BENCH_SERVICE_NODE_OPTIONS` as NODE_OPTIONS (e.g.
+ * `--max-old-space-size=80`, to tell retention from lazy collection).
  */
 export function serviceEnvOverrides(): Record<string, string> {
   const raw = process.env['BENCH_SERVICE_ENV'] ?? '';
   const out: Record<string, string> = {};
+  const nodeOptions = process.env['BENCH_SERVICE_NODE_OPTIONS'];
+  if (nodeOptions) out['NODE_OPTIONS'] = nodeOptions;
   for (const word of raw.split(/\s+/).filter(Boolean)) {
     const m = /^([A-Z_][A-Z0-9_]*)=(.*)$/.exec(word);
     if (!m) throw new Error(`BENCH_SERVICE_ENV: "${word}" is not NAME=value`);

@@ -77,6 +77,7 @@ const envSchema = z.object({
   DB_STATEMENT_TIMEOUT_MS: intFromEnv(100, 3_600_000).default(DEFAULTS.dbStatementTimeoutMs),
   DISPATCH_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.dispatchConcurrency),
   RECONCILE_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.reconcileConcurrency),
+  PARTNER_IO_THREADS: intFromEnv(0, 16).default(DEFAULTS.partnerIoThreads),
   RECONCILE_BATCH_SIZE: intFromEnv(1, 10_000).default(DEFAULTS.reconcileBatchSize),
   RECONCILE_LEASE_MS: intFromEnv(5000, 3_600_000).default(DEFAULTS.reconcileLeaseMs),
   MAX_LONG_POLL_WAITERS: intFromEnv(0, 1_000_000).default(DEFAULTS.maxLongPollWaiters),
@@ -97,7 +98,6 @@ const envSchema = z.object({
   NOTIFY_ALLOWED_HOSTS: z.string().optional(),
   // 0: this replica writes notifications (the outbox) but delivers none; replicas with workers do.
   NOTIFY_CONCURRENCY: intFromEnv(0, 10_000).default(DEFAULTS.notifyConcurrency),
-  PARTNER_IO_THREADS: intFromEnv(0, 16).default(DEFAULTS.partnerIoThreads),
   NOTIFY_HOST_CONCURRENCY: intFromEnv(1, 10_000).default(DEFAULTS.notifyHostConcurrency),
   LONG_POLL_NOTIFY: z.enum(['true', 'false']).default('true'),
   BATCH_MAX_SIZE: intFromEnv(1, 1000).default(DEFAULTS.batchMaxSize),
@@ -130,6 +130,8 @@ export interface Config {
   readonly dbStatementTimeoutMs: number;
   readonly dispatchConcurrency: number;
   readonly reconcileConcurrency: number;
+  /** Worker threads for partner HTTP (PARTNER_IO_THREADS); 0: on the main thread. */
+  readonly partnerIoThreads: number;
   readonly reconcileBatchSize: number;
   readonly reconcileLeaseMs: number;
   readonly shutdownTimeoutMs: number;
@@ -148,8 +150,6 @@ export interface Config {
   /** `host` or `host:port` (lower case) allowed as notifyUrl although private or loopback. */
   readonly notifyAllowedHosts: readonly string[];
   readonly notifyConcurrency: number;
-  /** Worker threads for partner HTTP (PARTNER_IO_THREADS); 0: on the main thread. */
-  readonly partnerIoThreads: number;
   readonly notifyHostConcurrency: number;
   /**
    * Settling moves are announced by a Postgres NOTIFY after their commit (batched every 10 ms; see
@@ -247,6 +247,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     dbStatementTimeoutMs: e.DB_STATEMENT_TIMEOUT_MS,
     dispatchConcurrency: e.DISPATCH_CONCURRENCY,
     reconcileConcurrency: e.RECONCILE_CONCURRENCY,
+    partnerIoThreads: e.PARTNER_IO_THREADS,
     reconcileBatchSize: e.RECONCILE_BATCH_SIZE,
     reconcileLeaseMs: e.RECONCILE_LEASE_MS,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
@@ -259,7 +260,6 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     notifyScheduleSeconds: Object.freeze(e.NOTIFY_SCHEDULE_SECONDS),
     notifyAllowedHosts: Object.freeze(parseAllowedHosts(e.NOTIFY_ALLOWED_HOSTS)),
     notifyConcurrency: e.NOTIFY_CONCURRENCY,
-    partnerIoThreads: e.PARTNER_IO_THREADS,
     notifyHostConcurrency: e.NOTIFY_HOST_CONCURRENCY,
     longPollNotify: e.LONG_POLL_NOTIFY === 'true',
     batch: Object.freeze({ maxSize: e.BATCH_MAX_SIZE, windowMs: e.BATCH_WINDOW_MS, maxWaitMs: e.BATCH_MAX_WAIT_MS, maxQueued: e.BATCH_MAX_QUEUED }),

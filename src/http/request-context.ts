@@ -25,7 +25,6 @@ export function requestIdFor(given: unknown): string {
 export function requestLogging(logger: Logger): RequestHandler {
   return (req, res, next) => {
     const id = requestIdFor(req.headers['x-request-id']);
-    (req as { id?: string }).id = id;
     res.setHeader('X-Request-Id', id);
     if (!NOT_LOGGED.has(req.path)) {
       const started = Date.now();

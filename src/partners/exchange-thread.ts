@@ -1,6 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { PartnerConfig } from '../config/partners';
-import { AxiosExchange, type ExchangeResult } from './partner-exchange';
+import { AxiosExchange, type ExchangeRequest, type ExchangeResult } from './partner-exchange';
 
 /**
  * The partner I/O thread: runs every partner HTTP call of its process (axios, sockets, JSON) so the main
@@ -38,6 +38,6 @@ function answer(id: number, result: ExchangeResult): void {
   });
 }
 
-port.on('message', (calls: [number, Parameters<AxiosExchange['send']>[0]][]) => {
+port.on('message', (calls: [number, ExchangeRequest][]) => {
   for (const [id, req] of calls) void exchange.send(req).then((result) => answer(id, result));
 });

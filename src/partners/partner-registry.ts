@@ -15,13 +15,13 @@ export class PartnerRegistry {
 
   /**
    * With `protection`, every call goes through the partner's breaker and shared rate limit. With
-   * `ioThreads` above 0 the HTTP runs on that many worker threads; 0 (the default here) keeps it on this one.
+   * `ioThreads` above 0 (PARTNER_IO_THREADS) the HTTP runs on that many worker threads; 0 keeps it on this one.
    */
   constructor(
     configs: readonly PartnerConfig[],
     clock: Clock,
-    protection?: { pool: Pool; metrics: Metrics; logger: Logger },
-    ioThreads = 0,
+    protection: { pool: Pool; metrics: Metrics; logger: Logger } | undefined,
+    ioThreads: number,
   ) {
     this.exchange =
       ioThreads > 0
